@@ -1,0 +1,15 @@
+# Each target installs requirements.txt into .venv first (a no-op when already there).
+PY := .venv/bin/python
+
+.venv/.installed: requirements.txt
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+quickstart: .venv/.installed
+	$(PY) -m launch.train --config=experiments/quickstart.py --workdir=runs/quickstart
+
+test: .venv/.installed
+	$(PY) -m pytest
+
+.PHONY: quickstart test

@@ -1,0 +1,98 @@
+"""Train (or resume) one run:
+
+  python -m launch.train --config=experiments/quickstart.py --workdir=runs/quickstart \
+      [--config.model.num_layers=2 ...] [--overwrite]
+
+Re-running the same command on the same workdir resumes from its last checkpoint; SIGTERM or
+Ctrl-C saves a checkpoint and exits. Results: <workdir>/{config.json, metrics.jsonl, summary.json,
+events.*, checkpoints/}.
+"""
+
+import signal
+import sys
+import threading
+
+from absl import flags
+from ml_collections import config_flags
+
+from launch import cli
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'experiment config file (get_config)')
+_WORKDIR = flags.DEFINE_string('workdir', None, 'run directory (created; resumed if it holds this run)')
+_OVERWRITE = flags.DEFINE_bool('overwrite', False, 'replace a run with a different config in workdir')
+_PROGRESS = flags.DEFINE_bool('progress', True, 'draw a progress bar on stderr')
+
+
+class ProgressReporter:
+  """A tqdm bar (ETA, loss, tokens/s) plus one line per evaluation."""
+
+  def __init__(self, enabled: bool):
+    self.enabled = enabled
+    self.bar = None
+    self.postfix = {}
+
+  def message(self, text):
+    (self.bar.write if self.bar else print)(text, file=sys.stderr)
+
+  def start(self, *, first_step, total_steps):
+    if self.enabled:
+      from tqdm import tqdm
+      self.bar = tqdm(total=total_steps, initial=first_step, unit='step', dynamic_ncols=True,
+                      file=sys.stderr)
+
+  def train(self, step, metrics):
+    self.postfix.update(loss=f'{metrics["loss"]:.3f}', tok_s=f'{metrics["tokens_per_sec"]:,.0f}',
+                        mfu=f'{metrics["mfu"]:.0%}')
+    if self.bar:
+      self.bar.update(step - self.bar.n)
+      self.bar.set_postfix(self.postfix, refresh=True)
+    else:
+      print(f'step {step}: ' + ' '.join(f'{k} {v}' for k, v in self.postfix.items()),
+            file=sys.stderr)
+
+  def eval(self, step, metrics):
+    self.message(f'eval at step {step}: loss {metrics["loss"]:.4f}, perplexity '
+                 f'{metrics["perplexity"]:.2f}, bits/byte {metrics["bits_per_byte"]:.3f}')
+
+  def close(self):
+    if self.bar:
+      self.bar.close()
+      self.bar = None
+
+
+def main(argv):
+  if len(argv) > 1:
+    cli.fail(f'unexpected arguments: {" ".join(argv[1:])}')
+  config = cli.load_config(_CONFIG.value)
+  from research.train import loop  # after flag parsing: importing jax is slow
+
+  stop = threading.Event()
+
+  def on_signal(signum, _):
+    if stop.is_set():  # a second Ctrl-C: give up on the clean exit
+      raise KeyboardInterrupt
+    print(f'\n{signal.Signals(signum).name}: saving a checkpoint and stopping '
+          '(re-run the same command to resume)', file=sys.stderr)
+    stop.set()
+
+  signal.signal(signal.SIGTERM, on_signal)
+  signal.signal(signal.SIGINT, on_signal)
+  summary = loop.train(config, _WORKDIR.value, overwrite=_OVERWRITE.value,
+                       reporter=ProgressReporter(_PROGRESS.value), stop=stop)
+  if 'interrupted_at_step' in summary:
+    print(f'stopped at step {summary["interrupted_at_step"]}; checkpoint saved in '
+          f'{_WORKDIR.value}/checkpoints', file=sys.stderr)
+    return
+  e = summary['eval']
+  print(f'\nfinal held-out: loss {e["loss"]:.4f} nats/token, perplexity {e["perplexity"]:.2f}, '
+        f'{e["bits_per_byte"]:.3f} bits/byte (byte-unigram entropy of the held-out text: '
+        f'{summary["byte_unigram_entropy_bits"]:.3f} bits/byte)')
+  print(f'{summary["num_params"]:,} parameters, {summary["tokens_seen"]:,} tokens, '
+        f'{summary["wall_seconds"]:.0f}s wall; results in {_WORKDIR.value}')
+  for i, text in enumerate(summary.get('samples', [])):
+    print(f'\n--- sample {i + 1} ---\n{text.strip()}')
+
+
+if __name__ == '__main__':
+  flags.mark_flag_as_required('workdir')
+  cli.run(main)

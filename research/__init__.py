@@ -1,0 +1,1 @@
+"""research: a JAX/Flax library for language-model ablations. See README.md."""

@@ -1,0 +1,233 @@
+"""Every config key, its default, and the validation of its value: the one place that knows.
+
+Experiment files start from `default_config()` and change what they ablate; the CLI then applies
+`--config.a.b=value` overrides. `validate` rejects unknown keys and bad values with a ConfigError
+that names the key; `resolve` fills the values that follow from others (head_dim, d_ff, vocab).
+"""
+
+import json
+import math
+import os
+
+import ml_collections
+
+from research.errors import ConfigError
+
+# key -> allowed values. Later issues add choices here (positional schemes, architectures).
+CHOICES = {
+    'model.arch': ('decoder',),
+    'model.norm': ('layernorm', 'rmsnorm'),
+    'model.norm_position': ('pre', 'post'),
+    'model.activation': ('relu', 'gelu', 'swiglu', 'geglu'),
+    'model.positional': ('learned', 'sinusoidal', 'none'),
+    'train.schedule': ('cosine', 'linear', 'rsqrt', 'constant'),
+    'train.compute_dtype': ('float32', 'bfloat16', 'float16'),
+}
+
+LOGICAL_AXES = ('batch', 'length', 'vocab', 'embed', 'heads', 'kv', 'mlp', 'layers')
+MESH_AXES = ('data', 'fsdp', 'tensor')
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """A small GPT-2-style decoder on the default corpus; experiment files start here."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.model = ml_collections.ConfigDict()
+  c.model.arch = 'decoder'
+  c.model.num_layers = 4
+  c.model.d_model = 256
+  c.model.num_heads = 4
+  c.model.num_kv_heads = 0  # 0: as many as num_heads (multi-head); fewer: grouped-query attention
+  c.model.head_dim = 0  # 0: d_model // num_heads
+  c.model.d_ff = 0  # 0: 4 * d_model, or 8/3 * d_model rounded up to 64 for gated activations
+  c.model.norm = 'layernorm'
+  c.model.norm_position = 'pre'
+  c.model.norm_eps = 1e-5
+  c.model.activation = 'gelu'
+  c.model.positional = 'learned'
+  c.model.max_len = 0  # learned-position table size; 0: data.seq_len
+  c.model.tie_embeddings = True
+  c.model.use_bias = True
+  c.model.dropout = 0.0
+  c.model.init_std = 0.02
+  c.model.vocab_size = 0  # set from the tokenizer at start-up; a value here must match it
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = 'default'  # 'default' (KJV Bible), a .txt/.jsonl file or folder, or hf:<builder>:<files>
+  c.data.text_field = 'text'  # the field holding the text in JSONL and Hugging Face sources
+  c.data.eval_fraction = 0.05  # held-out documents for non-default sources (default: fixed books)
+  c.data.tokenizer = 'byte'  # 'byte', 'bpe' (trained on the train split), or a .tiktoken path
+  c.data.vocab_size = 4096  # for data.tokenizer='bpe', including the end-of-text token
+  c.data.seq_len = 256
+  c.data.document_mask = True  # attention stays inside each packed document
+  c.data.cache_dir = '.cache'  # token caches and trained tokenizers, shared by every run
+
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = 1000
+  c.train.batch_size = 16
+  c.train.learning_rate = 1e-3
+  c.train.schedule = 'cosine'
+  c.train.warmup_steps = 100
+  c.train.min_lr_ratio = 0.1  # the schedule ends at learning_rate * min_lr_ratio
+  c.train.weight_decay = 0.1
+  c.train.decay_embeddings = False  # weight decay on embedding tables (norms and biases never)
+  c.train.beta1 = 0.9
+  c.train.beta2 = 0.95
+  c.train.eps = 1e-8
+  c.train.grad_clip = 1.0  # global-norm clipping; 0 turns it off
+  c.train.z_loss = 0.0  # weight of log(Z)^2 (PaLM uses 1e-4)
+  c.train.label_smoothing = 0.0
+  c.train.compute_dtype = 'float32'  # parameters stay float32 whatever this is
+  c.train.log_every = 10
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.every_steps = 250  # also at the last step
+  c.eval.max_batches = 16  # held-out rows evaluated: max_batches * train.batch_size
+
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every_steps = 250  # also at the last step and on SIGTERM / Ctrl-C
+  c.checkpoint.keep = 2
+
+  c.sample = ml_collections.ConfigDict()
+  c.sample.num_samples = 3  # generated after training; 0 turns it off
+  c.sample.max_new_tokens = 120
+  c.sample.temperature = 0.8
+  c.sample.prompt = ''  # '' starts each sample from the end-of-text token
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.shape = (-1, 1, 1)  # over ('data', 'fsdp', 'tensor'); -1 takes the remaining devices
+  # logical axis -> mesh axis (or None: replicated). Pure data parallelism by default.
+  c.mesh.rules = (('batch', ('data', 'fsdp')),)
+  return c
+
+
+def _flatten(d, prefix=''):
+  out = {}
+  for k, v in d.items():
+    key = f'{prefix}{k}'
+    if isinstance(v, (ml_collections.ConfigDict, dict)):
+      out.update(_flatten(v, key + '.'))
+    else:
+      out[key] = v
+  return out
+
+
+def flat(config) -> dict:
+  """{'model.d_model': 256, ...}."""
+  return _flatten(config)
+
+
+def validate(config) -> None:
+  """Raises ConfigError naming the first unknown key or bad value."""
+  allowed = flat(default_config())
+  given = flat(config)
+  for key in given:
+    if key not in allowed:
+      raise ConfigError(f'unknown config key {key!r}')
+  for key in allowed:
+    if key not in given:
+      raise ConfigError(f'config is missing key {key!r} (start experiment files from '
+                        'research.config.default_config())')
+  for key, choices in CHOICES.items():
+    if given[key] not in choices:
+      raise ConfigError(f'{key}={given[key]!r} is not one of {", ".join(choices)}')
+
+  def need(cond, key, what):
+    if not cond:
+      raise ConfigError(f'{key}={given[key]!r}: {what}')
+
+  for key in ('model.num_layers', 'model.d_model', 'model.num_heads', 'data.seq_len',
+              'train.steps', 'train.batch_size', 'train.log_every', 'eval.every_steps',
+              'eval.max_batches', 'checkpoint.every_steps', 'checkpoint.keep'):
+    need(isinstance(given[key], int) and given[key] > 0, key, 'must be a positive integer')
+  for key in ('model.num_kv_heads', 'model.head_dim', 'model.d_ff', 'model.max_len',
+              'model.vocab_size', 'train.warmup_steps', 'sample.num_samples',
+              'sample.max_new_tokens', 'data.vocab_size'):
+    need(isinstance(given[key], int) and given[key] >= 0, key, 'must be a non-negative integer')
+  for key in ('model.dropout', 'train.label_smoothing', 'train.min_lr_ratio'):
+    need(0.0 <= given[key] < 1.0 or (key == 'train.min_lr_ratio' and given[key] == 1.0),
+         key, 'must be in [0, 1)')
+  for key in ('train.learning_rate', 'model.init_std', 'model.norm_eps', 'train.eps'):
+    need(given[key] > 0 and math.isfinite(given[key]), key, 'must be positive')
+  for key in ('train.weight_decay', 'train.grad_clip', 'train.z_loss', 'sample.temperature'):
+    need(given[key] >= 0 and math.isfinite(given[key]), key, 'must be non-negative')
+  for key in ('train.beta1', 'train.beta2'):
+    need(0.0 <= given[key] < 1.0, key, 'must be in [0, 1)')
+  need(0.0 < given['data.eval_fraction'] < 1.0, 'data.eval_fraction', 'must be in (0, 1)')
+
+  m = config.model
+  kv = m.num_kv_heads or m.num_heads
+  need(m.num_heads % kv == 0, 'model.num_kv_heads',
+       f'must divide model.num_heads={m.num_heads}')
+  if not m.head_dim:
+    need(m.d_model % m.num_heads == 0, 'model.num_heads',
+         f'must divide model.d_model={m.d_model} (or set model.head_dim)')
+  if m.positional == 'sinusoidal':
+    need(m.d_model % 2 == 0, 'model.d_model', 'must be even for sinusoidal positions')
+  if m.max_len:
+    need(m.max_len >= config.data.seq_len, 'model.max_len',
+         f'must be at least data.seq_len={config.data.seq_len}')
+  need(config.train.warmup_steps <= config.train.steps, 'train.warmup_steps',
+       f'must not exceed train.steps={config.train.steps}')
+  if config.data.tokenizer == 'bpe':
+    need(config.data.vocab_size > 257, 'data.vocab_size',
+         'must exceed 257 (256 bytes + end-of-text) for a trained BPE')
+
+  shape = tuple(config.mesh.shape)
+  need(len(shape) == len(MESH_AXES) and all(isinstance(s, int) and (s > 0 or s == -1)
+                                            for s in shape) and shape.count(-1) <= 1,
+       'mesh.shape', f'must be {len(MESH_AXES)} positive sizes over {MESH_AXES}, one may be -1')
+  for rule in config.mesh.rules:
+    ok = len(rule) == 2 and rule[0] in LOGICAL_AXES
+    targets = rule[1] if isinstance(rule[1], (tuple, list)) else (rule[1],) if ok else ()
+    ok = ok and all(t is None or t in MESH_AXES for t in targets)
+    need(ok, 'mesh.rules', f'bad rule {rule!r}: (logical axis in {LOGICAL_AXES}, '
+         f'mesh axis in {MESH_AXES} or a tuple of them or None)')
+
+
+def resolve(config, *, vocab_size: int) -> ml_collections.ConfigDict:
+  """A copy with derived values filled in, as written to <workdir>/config.json."""
+  c = ml_collections.ConfigDict(config.to_dict())
+  m = c.model
+  if m.vocab_size and m.vocab_size != vocab_size:
+    raise ConfigError(f'model.vocab_size={m.vocab_size} but the tokenizer has {vocab_size} tokens')
+  m.vocab_size = vocab_size
+  m.num_kv_heads = m.num_kv_heads or m.num_heads
+  m.head_dim = m.head_dim or m.d_model // m.num_heads
+  if not m.d_ff:
+    # Gated MLPs have three matrices; 8/3 keeps their parameter count at the 4x MLP's.
+    m.d_ff = 4 * m.d_model if m.activation in ('relu', 'gelu') else (
+        64 * math.ceil(8 * m.d_model / 3 / 64))
+  m.max_len = m.max_len or c.data.seq_len
+  return c
+
+
+def to_json(config) -> str:
+  return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=list)
+
+
+def normalized(config) -> dict:
+  """JSON-round-tripped dict, so configs compare equal whatever their tuple/list spelling."""
+  return json.loads(to_json(config))
+
+
+def load_json(path: str) -> ml_collections.ConfigDict:
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def config_diff(a: dict, b: dict) -> list:
+  """Keys whose values differ between two normalized configs, as 'key: a -> b'."""
+  fa, fb = _flatten(a), _flatten(b)
+  return [f'{k}: {fa.get(k)!r} -> {fb.get(k)!r}' for k in sorted(set(fa) | set(fb))
+          if fa.get(k) != fb.get(k)]
+
+
+def workdir_path(workdir: str) -> str:
+  if not workdir:
+    raise ConfigError('--workdir is required')
+  path = os.path.abspath(workdir)
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise ConfigError(f'--workdir={workdir} exists and is not a directory')
+  return path

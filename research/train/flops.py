@@ -1,0 +1,46 @@
+"""Model FLOPs per token and the measured matmul peak that MFU divides by.
+
+Train FLOPs per token = 6 * N_matmul + 6 * L * T * d_attn, where N_matmul counts every weight that
+takes part in a matmul (attention and MLP projections and the output projection over the
+vocabulary, but not embedding lookups, positional tables, norms or biases), and the second term is
+the attention score and value matmuls (2 * 2 * T * d_attn per layer forward, x3 for forward +
+backward) HALVED for causal masking, since only half the query-key pairs are computed usefully.
+This is Kaplan et al.'s C = 6N + 6 n_layer n_ctx d_attn; PaLM's MFU does not halve (12 L T d).
+"""
+
+import time
+
+import jax
+import jax.numpy as jnp
+
+
+def matmul_params(cfg) -> int:
+  d, h = cfg.d_model, cfg.head_dim
+  attn = d * h * (cfg.num_heads * 2 + cfg.num_kv_heads * 2)
+  mlp = d * cfg.d_ff * (3 if cfg.activation in ('swiglu', 'geglu') else 2)
+  return cfg.num_layers * (attn + mlp) + d * cfg.vocab_size
+
+
+def train_flops_per_token(cfg, seq_len: int, *, causal_halving: bool = True) -> float:
+  attention = 12 * cfg.num_layers * seq_len * cfg.num_heads * cfg.head_dim
+  return 6 * matmul_params(cfg) + (attention / 2 if causal_halving else attention)
+
+
+def matmul_peak(dtype='float32', n: int = 2048, repeats: int = 5) -> float:
+  """FLOP/s of one device's best square matmul of this dtype, timed here and now."""
+  a = jnp.ones((n, n), dtype)
+  f = jax.jit(lambda x, y: x @ y)
+  f(a, a).block_until_ready()
+  best = float('inf')
+  for _ in range(repeats):
+    t = time.perf_counter()
+    f(a, a).block_until_ready()
+    best = min(best, time.perf_counter() - t)
+  return 2 * n ** 3 / best
+
+
+def total_peak(per_device: float) -> float:
+  """Simulated CPU devices share the same cores, so one device's matmul already uses them all."""
+  if jax.devices()[0].platform == 'cpu':
+    return per_device * jax.process_count()
+  return per_device * jax.device_count()

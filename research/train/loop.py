@@ -1,0 +1,326 @@
+"""The training run: config -> data -> sharded state -> steps -> metrics, checkpoints, summary.
+
+`train` neither prints nor parses flags: progress goes to an optional `reporter`, and a caller's
+`stop` event (set on SIGTERM / Ctrl-C by the CLI) ends the run at the next step boundary with a
+checkpoint saved, from which re-running the same command continues exactly.
+"""
+
+import dataclasses
+import functools
+import json
+import os
+import shutil
+import threading
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from research import config as config_lib
+from research import parallel
+from research.data import cache, loader as loader_lib, sources, tokenizers
+from research.errors import ConfigError
+from research.model import decode
+from research.model.transformer import Decoder, ModelConfig
+from research.objectives.causal_lm import causal_lm_batch
+from research.train import checkpoint as ckpt_lib
+from research.train import flops as flops_lib
+from research.train import metrics as metrics_lib
+from research.train import optim
+from research.train import step as step_lib
+
+RUN_FILES = ('config.json', 'metrics.jsonl', 'summary.json', 'data_split.json', 'samples.txt',
+             'tokenizer.tiktoken', 'tokenizer.tiktoken.json', 'checkpoints')
+
+
+class Reporter:
+  """What the loop tells its caller; the CLI draws a progress bar from it. All optional."""
+
+  def message(self, text: str) -> None: ...
+  def start(self, *, first_step: int, total_steps: int) -> None: ...
+  def train(self, step: int, metrics: dict) -> None: ...
+  def eval(self, step: int, metrics: dict) -> None: ...
+  def close(self) -> None: ...
+
+
+@dataclasses.dataclass
+class Data:
+  tokenizer: object
+  train: loader_lib.Loader
+  eval_batches: list
+  split: dict
+  unigram_bits: float  # entropy of the held-out bytes' unigram distribution, bits per byte
+
+
+def prepare_data(config) -> Data:
+  d = config.data
+  corpus = sources.load_corpus(d.source, text_field=d.text_field, eval_fraction=d.eval_fraction)
+  tok = tokenizers.build_tokenizer(d.tokenizer, vocab_size=d.vocab_size, corpus=corpus,
+                                   cache_dir=d.cache_dir)
+  streams = cache.cached_streams(corpus, tok, d.cache_dir)
+  n = jax.process_count()
+  train = loader_lib.Loader(streams['train'], seq_len=d.seq_len, batch_size=config.train.batch_size,
+                            seed=config.seed, document_mask=d.document_mask)
+  rows = loader_lib.eval_rows(streams['eval'], seq_len=d.seq_len,
+                              max_rows=config.eval.max_batches * config.train.batch_size,
+                              document_mask=d.document_mask)
+  if not len(rows['tokens']):
+    raise ConfigError(f'data.source={d.source}: the held-out split is too short for one row of '
+                      f'data.seq_len={d.seq_len} tokens')
+  eval_batches = []
+  b = config.train.batch_size
+  for i in range(0, len(rows['tokens']), b):
+    chunk = {k: v[i:i + b] for k, v in rows.items()}
+    batch = causal_lm_batch(chunk)
+    pad = b - len(chunk['tokens'])
+    if pad:  # a short last batch: padded rows predict nothing and attend nothing
+      batch = {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)])
+               for k, v in batch.items()}
+    # Each process keeps its slice of every global batch, as for training.
+    per = b // n
+    eval_batches.append({k: v[jax.process_index() * per:(jax.process_index() + 1) * per]
+                         for k, v in batch.items()})
+  return Data(tok, train, eval_batches, corpus.split, byte_unigram_bits(corpus.eval))
+
+
+def byte_unigram_bits(texts) -> float:
+  counts = np.zeros(256, np.int64)
+  for t in texts:
+    counts += np.bincount(np.frombuffer(t.encode('utf-8'), np.uint8), minlength=256)
+  p = counts[counts > 0] / counts.sum()
+  return float(-(p * np.log2(p)).sum())
+
+
+def check_workdir(workdir: str, resolved, *, overwrite: bool) -> bool:
+  """True when workdir holds this same run (resume). Refuses a different run unless overwrite."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    return False
+  with open(path) as f:
+    old = json.load(f)
+  diff = config_lib.config_diff(old, config_lib.normalized(resolved))
+  if not diff:
+    return True
+  if not overwrite:
+    more = f' (and {len(diff) - 1} more)' if len(diff) > 1 else ''
+    raise ConfigError(f'--workdir={workdir} holds a run with a different config ({diff[0]}'
+                      f'{more}); pass --overwrite to replace it, or choose another workdir')
+  return False
+
+
+def clear_run(workdir: str) -> None:
+  for name in os.listdir(workdir):
+    if name in RUN_FILES or name.startswith('events.out.tfevents'):
+      p = os.path.join(workdir, name)
+      shutil.rmtree(p) if os.path.isdir(p) else os.remove(p)
+
+
+@dataclasses.dataclass
+class Trainer:
+  """The model and its jitted, sharded functions for one resolved config on one mesh."""
+  model: Decoder
+  cfg: ModelConfig
+  rules: tuple
+  state_sh: object  # NamedShardings of the train state
+  batch_sh: object
+  repl: object
+  init: object  # rng -> sharded train state
+  train_fn: object  # (state, batch) -> (state, metrics)
+  eval_fn: object  # (params, batch, token_bytes) -> sums
+
+
+def make_trainer(resolved, mesh) -> Trainer:
+  cfg = ModelConfig.from_config(resolved)
+  model = Decoder(cfg)
+  tx = optim.optimizer(resolved.train)
+  rules = parallel.logical_rules(resolved.mesh.rules)
+  seq_len = resolved.data.seq_len
+  with nn.logical_axis_rules(rules):
+    specs = step_lib.state_specs(model, tx, seq_len)
+  state_sh = nn.logical_to_mesh_sharding(specs, mesh, rules)
+  batch_sh = parallel.batch_sharding(mesh, resolved.mesh.rules)
+  repl = parallel.replicated(mesh)
+  init = jax.jit(lambda r: nn.meta.unbox(step_lib.init_state(model, tx, r, seq_len)),
+                 out_shardings=state_sh)
+  train_fn = jax.jit(
+      functools.partial(step_lib.train_step, model=model, tx=tx, train_cfg=resolved.train,
+                        seed=resolved.seed),
+      in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, repl), donate_argnums=0)
+  eval_fn = jax.jit(functools.partial(step_lib.eval_step, model=model),
+                    in_shardings=(state_sh.params, batch_sh, repl), out_shardings=repl)
+  return Trainer(model, cfg, rules, state_sh, batch_sh, repl, init, train_fn, eval_fn)
+
+
+def train(config, workdir: str, *, overwrite: bool = False, reporter: Reporter | None = None,
+          stop: threading.Event | None = None) -> dict:
+  """Runs (or resumes) the run in workdir; returns summary.json's content."""
+  reporter = reporter or Reporter()
+  stop = stop or threading.Event()
+  config_lib.validate(config)
+  workdir = config_lib.workdir_path(workdir)
+  mesh = parallel.make_mesh(config.mesh.shape)
+  shards = parallel.batch_shards(mesh, config.mesh.rules)
+  if config.train.batch_size % shards:
+    raise ConfigError(f'train.batch_size={config.train.batch_size} does not divide over the '
+                      f'{shards} devices that the batch is split across')
+  if config.train.batch_size % jax.process_count():
+    raise ConfigError(f'train.batch_size={config.train.batch_size} does not divide over '
+                      f'{jax.process_count()} processes')
+
+  t0 = time.time()
+  data = prepare_data(config)
+  resolved = config_lib.resolve(config, vocab_size=data.tokenizer.vocab_size)
+  resume = check_workdir(workdir, resolved, overwrite=overwrite)
+  summary_path = os.path.join(workdir, 'summary.json')
+  if resume and os.path.exists(summary_path):
+    with open(summary_path) as f:
+      summary = json.load(f)
+    if summary.get('step') == resolved.train.steps:
+      reporter.message(f'{workdir} already holds this finished run; nothing to do')
+      return summary
+  lead = jax.process_index() == 0
+  if lead:
+    os.makedirs(workdir, exist_ok=True)
+    if not resume:
+      clear_run(workdir)
+    _write_json(os.path.join(workdir, 'config.json'), config_lib.normalized(resolved))
+    _write_json(os.path.join(workdir, 'data_split.json'), data.split)
+    ranks = getattr(data.tokenizer, 'path', None)
+    if ranks:  # the run carries its tokenizer, so it can be read without the cache
+      shutil.copyfile(ranks, os.path.join(workdir, 'tokenizer.tiktoken'))
+  reporter.message(f'data ready in {time.time() - t0:.1f}s: tokenizer {data.tokenizer.name} '
+                   f'({data.tokenizer.vocab_size} tokens), {data.train.num_rows} training rows '
+                   f'of {config.data.seq_len}, {len(data.eval_batches)} eval batches')
+
+  tr = make_trainer(resolved, mesh)
+  model, cfg, seq_len = tr.model, tr.cfg, resolved.data.seq_len
+  with nn.logical_axis_rules(tr.rules):
+    ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'),
+                                 keep=resolved.checkpoint.keep)
+    start = ckpt.latest_step() if resume else None
+    if start is not None:
+      abstract = ckpt_lib.abstract_like(jax.eval_shape(tr.init, jax.random.PRNGKey(0)),
+                                        tr.state_sh)
+      state, loader_pos = ckpt.restore(start, abstract)
+      if loader_pos['step'] != start or loader_pos['seed'] != resolved.seed:
+        raise ConfigError(f'checkpoint {start} in {workdir} does not match this run')
+      reporter.message(f'resumed from the checkpoint at step {start}')
+    else:
+      start = 0
+      state = tr.init(jax.random.PRNGKey(resolved.seed))
+    num_params = int(sum(x.size for x in jax.tree.leaves(state.params)))
+    token_bytes = jax.device_put(data.tokenizer.token_byte_lengths().astype(np.float32), tr.repl)
+    schedule = optim.schedule(resolved.train)
+    batch_sh, train_fn, eval_fn = tr.batch_sh, tr.train_fn, tr.eval_fn
+
+    def global_batch(local):
+      return jax.tree.map(
+          lambda x: jax.make_array_from_process_local_data(batch_sh, x), local)
+
+    def batch_at(step):
+      rows = data.train.batch(step, process_index=jax.process_index(),
+                              process_count=jax.process_count())
+      return global_batch(causal_lm_batch(rows))
+
+    t = time.time()
+    compiled = train_fn.lower(state, batch_at(start)).compile()
+    compile_s = time.time() - t
+    peak = flops_lib.total_peak(flops_lib.matmul_peak(resolved.train.compute_dtype))
+    flops_per_token = flops_lib.train_flops_per_token(cfg, seq_len)
+    tokens_per_step = resolved.train.batch_size * seq_len
+    reporter.message(f'{num_params:,} parameters; train step compiled in {compile_s:.1f}s; '
+                     f'{flops_per_token / 1e6:.1f} MFLOPs/token; measured matmul peak '
+                     f'{peak / 1e9:.0f} GFLOP/s')
+
+    def evaluate(params):
+      sums = None
+      for b in data.eval_batches:
+        out = eval_fn(params, global_batch(b), token_bytes)
+        sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+      return step_lib.eval_metrics(jax.device_get(sums))
+
+    writer = metrics_lib.MetricsWriter(workdir, resume_step=start, enabled=lead)
+    total = resolved.train.steps
+    log_every, eval_every = resolved.train.log_every, resolved.eval.every_steps
+    ckpt_every = resolved.checkpoint.every_steps
+    reporter.start(first_step=start, total_steps=total)
+    last_eval = None
+    window_t, window_steps = time.time(), 0
+    step = start
+    train_time = 0.0
+
+    next_batch = batch_at(step) if step < total else None
+    while step < total and not stop.is_set():
+      batch = next_batch
+      state, m = compiled(state, batch)
+      step += 1
+      window_steps += 1
+      if step < total:
+        next_batch = batch_at(step)  # built while the device runs this step
+      if step % log_every == 0 or step == total:
+        s, row = step, {k: float(v) for k, v in jax.device_get(m).items()}
+        elapsed = time.time() - window_t
+        train_time += elapsed
+        tps = window_steps * tokens_per_step / max(elapsed, 1e-9)
+        row.update(learning_rate=float(schedule(s - 1)), tokens_per_sec=tps,
+                   mfu=tps * flops_per_token / peak)
+        writer.write(s, 'train', row)
+        reporter.train(s, row)
+        window_steps = 0
+      if step % eval_every == 0 or step == total:
+        last_eval = evaluate(state.params)
+        last_eval['bits_per_byte_unigram'] = data.unigram_bits
+        writer.write(step, 'eval', last_eval)
+        reporter.eval(step, last_eval)
+      if step % ckpt_every == 0 or step == total or stop.is_set():
+        ckpt.save(step, state, {'step': step, 'seed': resolved.seed})
+      if step % log_every == 0 or step == total:
+        window_t = time.time()
+    if stop.is_set() and step < total:
+      ckpt.save(step, state, {'step': step, 'seed': resolved.seed})
+    ckpt.close()
+    writer.close()
+    reporter.close()
+    if step < total:
+      return {'interrupted_at_step': step}
+
+    if last_eval is None:  # a finished run re-launched: evaluate its final state again
+      last_eval = evaluate(state.params)
+      last_eval['bits_per_byte_unigram'] = data.unigram_bits
+    summary = {
+        'step': step, 'eval': last_eval, 'num_params': num_params,
+        'tokens_seen': step * tokens_per_step, 'flops_per_token': flops_per_token,
+        'compile_seconds': compile_s, 'wall_seconds': time.time() - t0,
+        'train_seconds_this_launch': train_time,
+        'tokenizer': data.tokenizer.name, 'vocab_size': data.tokenizer.vocab_size,
+        'byte_unigram_entropy_bits': data.unigram_bits,
+        'devices': jax.device_count(), 'platform': jax.devices()[0].platform,
+    }
+    if resolved.sample.num_samples:
+      summary['samples'] = sample_text(model, state.params, data.tokenizer, resolved)
+    if lead:
+      _write_json(os.path.join(workdir, 'summary.json'), summary)
+      if summary.get('samples'):
+        with open(os.path.join(workdir, 'samples.txt'), 'w') as f:
+          f.write('\n\n'.join(summary['samples']) + '\n')
+    return summary
+
+
+def sample_text(model, params, tokenizer, resolved) -> list:
+  s = resolved.sample
+  prompt = tokenizer.encode(s.prompt) if s.prompt else []
+  rows = decode.generate(model, params, [tokenizer.eot_id] + prompt, num_samples=s.num_samples,
+                         max_new_tokens=s.max_new_tokens, temperature=s.temperature,
+                         seed=resolved.seed, seq_len=resolved.data.seq_len,
+                         eot_id=tokenizer.eot_id)
+  return [s.prompt + tokenizer.decode(r) for r in rows]
+
+
+def _write_json(path: str, obj) -> None:
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(obj, f, indent=2, sort_keys=True)
+    f.write('\n')
+  os.replace(tmp, path)

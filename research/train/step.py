@@ -1,0 +1,85 @@
+"""The loss, the train step and the eval step: pure functions the loop jits with shardings."""
+
+import math
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+def token_losses(logits_BTV, targets_BT, *, label_smoothing=0.0, z_loss=0.0):
+  """(objective per token, negative log-likelihood per token), both float32 [B, T]."""
+  logits_BTV = logits_BTV.astype(jnp.float32)
+  lse_BT = jax.nn.logsumexp(logits_BTV, axis=-1)
+  target_logit_BT = jnp.take_along_axis(logits_BTV, targets_BT[..., None], axis=-1)[..., 0]
+  nll_BT = lse_BT - target_logit_BT
+  objective_BT = nll_BT
+  if label_smoothing:
+    smooth_BT = lse_BT - logits_BTV.mean(axis=-1)  # cross-entropy against the uniform distribution
+    objective_BT = (1 - label_smoothing) * nll_BT + label_smoothing * smooth_BT
+  if z_loss:
+    objective_BT = objective_BT + z_loss * jnp.square(lse_BT)
+  return objective_BT, nll_BT
+
+
+def forward(model, params, batch, *, deterministic=True, rngs=None):
+  return model.apply({'params': params}, batch['inputs'], batch['positions'],
+                     batch['segment_ids'], deterministic=deterministic, rngs=rngs)
+
+
+def train_step(state: TrainState, batch, *, model, tx, train_cfg, seed: int):
+  """One optimizer update. Dropout noise is a function of (seed, step), so resume repeats it."""
+  rng = jax.random.fold_in(jax.random.PRNGKey(seed), state.step)
+
+  def loss_fn(params):
+    logits = forward(model, params, batch, deterministic=False, rngs={'dropout': rng})
+    objective_BT, nll_BT = token_losses(logits, batch['targets'],
+                                        label_smoothing=train_cfg.label_smoothing,
+                                        z_loss=train_cfg.z_loss)
+    mask_BT = batch['loss_mask']
+    denom = jnp.maximum(mask_BT.sum(), 1.0)
+    return (objective_BT * mask_BT).sum() / denom, (nll_BT * mask_BT).sum() / denom
+
+  (_, nll), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = {'loss': nll, 'grad_norm': optax.global_norm(grads)}
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def eval_step(params, batch, token_bytes_V, *, model):
+  """Sums over the batch: negative log-likelihood (nats), predicted tokens, their UTF-8 bytes."""
+  logits = forward(model, params, batch)
+  _, nll_BT = token_losses(logits, batch['targets'])
+  mask_BT = batch['loss_mask']
+  return {'nll_sum': (nll_BT * mask_BT).sum(), 'tokens': mask_BT.sum(),
+          'bytes': (jnp.take(token_bytes_V, batch['targets']) * mask_BT).sum()}
+
+
+def eval_metrics(sums) -> dict:
+  loss = float(sums['nll_sum']) / max(float(sums['tokens']), 1.0)
+  return {'loss': loss, 'perplexity': math.exp(min(loss, 700.0)),
+          'bits_per_byte': float(sums['nll_sum']) / max(float(sums['bytes']), 1.0) / math.log(2)}
+
+
+def init_state(model, tx, rng, seq_len):
+  """Boxed (logically annotated) initial state; unbox with nn.meta.unbox after sharding."""
+  ids_BT = jnp.zeros((1, seq_len), jnp.int32)
+  params = model.init({'params': rng}, ids_BT, ids_BT, ids_BT + 1)['params']
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+
+def state_specs(model, tx, seq_len):
+  """Logical PartitionSpecs for every leaf of the (unboxed) train state."""
+  abstract = jax.eval_shape(lambda r: init_state(model, tx, r, seq_len), jax.random.PRNGKey(0))
+  return nn.get_partition_spec(abstract)

@@ -1,0 +1,151 @@
+"""The decoder's behaviour: masking, packing, switches, and logical axes on every parameter."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from research import config as config_lib
+from research.model.presets import apply_preset
+from research.model.transformer import Decoder, ModelConfig
+
+V, T = 50, 12
+
+
+def make(**model):
+  c = config_lib.default_config()
+  c.model.num_layers, c.model.d_model, c.model.num_heads = 2, 32, 4
+  c.data.seq_len = T
+  for k, v in model.items():
+    c.model[k] = v
+  config_lib.validate(c)
+  cfg = ModelConfig.from_config(config_lib.resolve(c, vocab_size=V))
+  model = Decoder(cfg)
+  ids = jnp.zeros((1, T), jnp.int32)
+  params = nn.meta.unbox(model.init(jax.random.PRNGKey(0), ids, ids, ids + 1)['params'])
+  return model, params
+
+
+def logits(model, params, tokens, segments=None, positions=None):
+  tokens = jnp.asarray(tokens, jnp.int32)
+  b, t = tokens.shape
+  segments = jnp.ones((b, t), jnp.int32) if segments is None else jnp.asarray(segments)
+  positions = (jnp.broadcast_to(jnp.arange(t), (b, t)) if positions is None
+               else jnp.asarray(positions))
+  return model.apply({'params': params}, tokens, positions, segments)
+
+
+SWITCHES = [
+    {}, {'norm': 'rmsnorm'}, {'norm_position': 'post'}, {'activation': 'relu'},
+    {'activation': 'swiglu'}, {'activation': 'geglu'}, {'positional': 'sinusoidal'},
+    {'positional': 'none'}, {'tie_embeddings': False}, {'use_bias': False},
+    {'num_kv_heads': 2}, {'num_kv_heads': 1},
+]
+
+
+@pytest.mark.parametrize('switch', SWITCHES, ids=lambda s: ','.join(f'{k}={v}' for k, v in s.items()) or 'default')
+def test_causal_every_switch(switch):
+  """Changing token t changes no logit before t, and does change logits from t on."""
+  model, params = make(**switch)
+  x = np.random.RandomState(0).randint(0, V, (2, T))
+  y = x.copy()
+  y[:, 7] = (y[:, 7] + 1) % V
+  a, b = logits(model, params, x), logits(model, params, y)
+  assert a.shape == (2, T, V) and a.dtype == jnp.float32
+  np.testing.assert_allclose(a[:, :7], b[:, :7], atol=1e-6)
+  assert np.abs(np.asarray(a[:, 7:] - b[:, 7:])).max() > 1e-4
+
+
+@pytest.mark.parametrize('positional', ['learned', 'sinusoidal', 'none'])
+def test_packed_documents_are_independent(positional):
+  """A document packed after another gives the logits it gives alone at the row start."""
+  model, params = make(positional=positional)
+  rng = np.random.RandomState(1)
+  doc_a, doc_b = rng.randint(0, V, 5), rng.randint(0, V, 7)
+  packed = np.concatenate([doc_a, doc_b])[None]
+  segments = np.array([[1] * 5 + [2] * 7])
+  positions = np.array([list(range(5)) + list(range(7))])
+  alone = logits(model, params, np.pad(doc_b, (0, 5))[None])[:, :7]
+  together = logits(model, params, packed, segments, positions)[:, 5:]
+  np.testing.assert_allclose(alone, together, atol=1e-5)
+  # Without the segment mask the first document leaks into the second.
+  leaky = logits(model, params, packed, np.ones_like(segments), positions)[:, 5:]
+  assert np.abs(np.asarray(leaky - alone)).max() > 1e-4
+
+
+def test_presets_and_parameter_layout():
+  c = config_lib.default_config()
+  apply_preset(c, 'llama')
+  assert (c.model.norm, c.model.activation, c.model.use_bias, c.model.tie_embeddings) == (
+      'rmsnorm', 'swiglu', False, False)
+  model, params = make(**{k: c.model[k] for k in ('norm', 'activation', 'use_bias',
+                                                   'tie_embeddings', 'positional')})
+  layer = params['layer_0']
+  assert set(layer['mlp']) == {'wi', 'wi_gate', 'wo'}
+  assert 'bias' not in layer['attention']['query'] and 'bias' not in layer['norm_mlp']
+  assert params['unembed']['kernel'].shape == (32, V)
+  # d_ff for gated MLPs: 8/3 d rounded up to 64 keeps the 4x MLP's parameter count.
+  assert layer['mlp']['wi']['kernel'].shape == (32, 128)
+  _, gpt2 = make()
+  assert 'unembed' not in gpt2 and gpt2['positional']['embedding'].shape == (T, 32)
+
+
+def test_grouped_query_heads_shapes():
+  _, params = make(num_kv_heads=1)
+  att = params['layer_0']['attention']
+  assert att['query']['kernel'].shape == (32, 4, 8)
+  assert att['key']['kernel'].shape == (32, 1, 8) and att['value']['kernel'].shape == (32, 1, 8)
+
+
+def test_gqa_equals_mha_with_repeated_kv_heads():
+  """GQA with K heads is MHA whose key/value heads are each repeated N/K times."""
+  gqa, p = make(num_kv_heads=2)
+  mha, _ = make()
+  q = jax.tree.map(lambda x: x, p)
+  for i in range(2):
+    att = q[f'layer_{i}']['attention']
+    for name in ('key', 'value'):
+      att[name] = {'kernel': jnp.repeat(att[name]['kernel'], 2, axis=1),
+                   'bias': jnp.repeat(att[name]['bias'], 2, axis=0)}
+  x = np.random.RandomState(2).randint(0, V, (2, T))
+  np.testing.assert_allclose(logits(gqa, p, x), logits(mha, q, x), atol=1e-5)
+
+
+def test_every_parameter_has_logical_axes():
+  c = config_lib.default_config()
+  c.model.num_layers, c.model.d_model, c.model.num_heads, c.data.seq_len = 1, 32, 4, T
+  model = Decoder(ModelConfig.from_config(config_lib.resolve(c, vocab_size=V)))
+  ids = jnp.zeros((1, T), jnp.int32)
+  boxed = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), ids, ids, ids + 1))['params']
+  leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+  assert leaves and all(isinstance(x, nn.Partitioned) for x in leaves)
+  specs = {jax.tree_util.keystr(p): s for p, s in
+           jax.tree_util.tree_flatten_with_path(nn.get_partition_spec(boxed))[0]}
+  assert specs["['embed']['embedding']"] == jax.sharding.PartitionSpec('vocab', 'embed')
+  assert specs["['layer_0']['mlp']['wi']['kernel']"] == jax.sharding.PartitionSpec('embed', 'mlp')
+  assert specs["['layer_0']['attention']['query']['kernel']"] == jax.sharding.PartitionSpec(
+      'embed', 'heads', 'kv')
+
+
+def test_dropout_only_when_training():
+  model, params = make(dropout=0.5)
+  x = jnp.asarray(np.random.RandomState(3).randint(0, V, (1, T)), jnp.int32)
+  ones, pos = jnp.ones_like(x), jnp.arange(T)[None]
+  det = model.apply({'params': params}, x, pos, ones)
+  np.testing.assert_allclose(det, model.apply({'params': params}, x, pos, ones))
+  noisy = model.apply({'params': params}, x, pos, ones, deterministic=False,
+                      rngs={'dropout': jax.random.PRNGKey(0)})
+  assert np.abs(np.asarray(noisy - det)).max() > 1e-3
+
+
+def test_bfloat16_compute_keeps_float32_params():
+  c = config_lib.default_config()
+  c.model.num_layers, c.model.d_model, c.model.num_heads, c.data.seq_len = 1, 32, 4, T
+  c.train.compute_dtype = 'bfloat16'
+  model = Decoder(ModelConfig.from_config(config_lib.resolve(c, vocab_size=V)))
+  ids = jnp.zeros((1, T), jnp.int32)
+  params = nn.meta.unbox(model.init(jax.random.PRNGKey(0), ids, ids, ids + 1)['params'])
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
+  out = model.apply({'params': params}, ids, jnp.arange(T)[None], ids + 1)
+  assert out.dtype == jnp.float32 and np.isfinite(np.asarray(out)).all()
