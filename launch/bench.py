@@ -24,7 +24,7 @@ _REPEATS = flags.DEFINE_integer('repeats', 3, 'timings; the best is reported')
 def main(argv):
   if len(argv) > 1:
     cli.fail(f'unexpected arguments: {" ".join(argv[1:])}')
-  config = cli.load_config(_CONFIG.value)
+  config = cli.load_config(_CONFIG)
   import jax
   from research import config as config_lib, parallel
   from research.objectives.causal_lm import causal_lm_batch

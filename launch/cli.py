@@ -1,6 +1,7 @@
 """What every launch/ command shares: flag parsing and turning user mistakes into one line, exit 2."""
 
 import functools
+import os
 import sys
 
 from absl import app, flags, logging
@@ -10,11 +11,43 @@ from research.errors import ConfigError
 
 def _parse(argv):
   try:
+    _check_override_keys(argv)
     return flags.FLAGS(argv)
-  except flags.Error as e:
-    fail(str(e).splitlines()[0])
   except ConfigError as e:
     fail(str(e))
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+    fail(_one_line(e))
+
+
+def _one_line(e: BaseException) -> str:
+  """The innermost ConfigError behind a wrapped exception if any, else the exception's last line."""
+  seen, found = e, None
+  while seen is not None:  # the innermost: ml_collections re-raises it with a traceback inside
+    if isinstance(seen, ConfigError):
+      found = seen
+    seen = seen.__cause__ or seen.__context__
+  if found is not None:
+    return str(found)
+  lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+  return lines[-1] if lines else type(e).__name__
+
+
+def _check_override_keys(argv):
+  """Names an unknown --config.a.b key (and the nearest known one) before ml_collections does."""
+  import difflib
+  from research.config import default_config, flat
+  known = flat(default_config())
+  for arg in argv[1:]:
+    if arg.startswith('--config='):
+      path = arg[len('--config='):].split(':', 1)[0]
+      if not os.path.isfile(path):
+        raise ConfigError(f'--config={path}: no such config file')
+    if arg.startswith('--config.'):
+      key = arg[len('--config.'):].split('=', 1)[0]
+      if key not in known:
+        near = difflib.get_close_matches(key, known, n=1)
+        hint = f' (did you mean {near[0]!r}?)' if near else ''
+        raise ConfigError(f'unknown config key {key!r}{hint}')
 
 
 def fail(message: str):
@@ -38,10 +71,15 @@ def run(main):
   app.run(guarded, flags_parser=_parse)
 
 
-def load_config(flag_value):
-  """The config from --config, validated; the flag holds it after overrides."""
+def load_config(holder):
+  """The validated config of a --config flag (config_flags loads the file on first access)."""
   from research import config as config_lib
-  if flag_value is None:
-    raise ConfigError('--config is required, e.g. --config=experiments/quickstart.py')
-  config_lib.validate(flag_value)
-  return flag_value
+  path = flags.FLAGS[holder.name].config_filename if holder.present else None
+  if not path:
+    raise ConfigError(f'--{holder.name} is required, e.g. --{holder.name}=experiments/quickstart.py')
+  try:
+    config = holder.value
+  except Exception as e:  # an error inside the experiment file's get_config
+    raise ConfigError(f'--{holder.name}={path}: {_one_line(e)}') from None
+  config_lib.validate(config)
+  return config

@@ -63,7 +63,7 @@ class ProgressReporter:
 def main(argv):
   if len(argv) > 1:
     cli.fail(f'unexpected arguments: {" ".join(argv[1:])}')
-  config = cli.load_config(_CONFIG.value)
+  config = cli.load_config(_CONFIG)
   from research.train import loop  # after flag parsing: importing jax is slow
 
   stop = threading.Event()

@@ -186,6 +186,9 @@ def validate(config) -> None:
          f'mesh axis in {MESH_AXES} or a tuple of them or None)')
 
 
+DERIVED = ('model.vocab_size', 'model.num_kv_heads', 'model.head_dim', 'model.d_ff', 'model.max_len')
+
+
 def resolve(config, *, vocab_size: int) -> ml_collections.ConfigDict:
   """A copy with derived values filled in, as written to <workdir>/config.json."""
   c = ml_collections.ConfigDict(config.to_dict())

@@ -70,7 +70,7 @@ def test_rerun_of_finished_run_does_nothing(finished_run, cache_dir):
 def test_interrupted_run_resumes_to_the_same_metrics(tmp_path, cache_dir, sig):
   """SIGTERM saves a checkpoint and exits; SIGKILL loses the steps since the last checkpoint.
   Either way, re-running the command reproduces the uninterrupted run's metrics exactly."""
-  steps = 400
+  steps = 200
   whole = str(tmp_path / 'whole')
   r = run_cli('launch.train', *train_args(whole, cache_dir, steps=steps))
   assert r.returncode == 0, r.stderr
@@ -83,7 +83,7 @@ def test_interrupted_run_resumes_to_the_same_metrics(tmp_path, cache_dir, sig):
   path = os.path.join(cut, 'metrics.jsonl')
   deadline = time.time() + 240
   while time.time() < deadline and proc.poll() is None:
-    if os.path.exists(path) and any(json.loads(l)['step'] >= 25 for l in open(path)):
+    if os.path.exists(path) and any(json.loads(l)["step"] >= 25 for l in open(path)):
       proc.send_signal(sig)
       break
     time.sleep(0.01)

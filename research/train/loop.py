@@ -104,9 +104,11 @@ def check_workdir(workdir: str, resolved, *, overwrite: bool) -> bool:
   if not diff:
     return True
   if not overwrite:
-    more = f' (and {len(diff) - 1} more)' if len(diff) > 1 else ''
-    raise ConfigError(f'--workdir={workdir} holds a run with a different config ({diff[0]}'
-                      f'{more}); pass --overwrite to replace it, or choose another workdir')
+    # Values that resolve() derives from others follow the change the user made: list them last.
+    diff.sort(key=lambda d: d.split(':')[0] in config_lib.DERIVED)
+    shown = ', '.join(diff[:3]) + (f' and {len(diff) - 3} more' if len(diff) > 3 else '')
+    raise ConfigError(f'--workdir={workdir} holds a run with a different config ({shown}); '
+                      'pass --overwrite to replace it, or choose another workdir')
   return False
 
 
