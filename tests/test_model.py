@@ -149,3 +149,4 @@ def test_bfloat16_compute_keeps_float32_params():
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
   out = model.apply({'params': params}, ids, jnp.arange(T)[None], ids + 1)
   assert out.dtype == jnp.float32 and np.isfinite(np.asarray(out)).all()
+

@@ -72,6 +72,7 @@ class ByteTokenizer:
 
 class TiktokenTokenizer:
   """Byte-level BPE: tiktoken over mergeable ranks, a split pattern and an eot token."""
+  path: str | None = None  # the ranks file it was loaded from
 
   def __init__(self, name: str, mergeable_ranks: dict[bytes, int], pat_str: str,
                special_tokens: dict[str, int]):
@@ -144,7 +145,9 @@ def _load(path: str, name: str) -> TiktokenTokenizer:
   else:
     pat_str, eot_id = _KNOWN_RANKS.get(len(ranks), (CL100K_PAT_STR, len(ranks)))
     special_tokens = {EOT: eot_id}
-  return TiktokenTokenizer(name, ranks, pat_str, special_tokens)
+  tok = TiktokenTokenizer(name, ranks, pat_str, special_tokens)
+  tok.path = path  # the ranks file, which a run copies into its workdir
+  return tok
 
 
 def load_tiktoken(path: str) -> TiktokenTokenizer:

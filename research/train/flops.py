@@ -26,7 +26,7 @@ def train_flops_per_token(cfg, seq_len: int, *, causal_halving: bool = True) -> 
   return 6 * matmul_params(cfg) + (attention / 2 if causal_halving else attention)
 
 
-def matmul_peak(dtype='float32', n: int = 2048, repeats: int = 5) -> float:
+def matmul_peak(dtype="float32", n: int = 1024, repeats: int = 10) -> float:
   """FLOP/s of one device's best square matmul of this dtype, timed here and now."""
   a = jnp.ones((n, n), dtype)
   f = jax.jit(lambda x, y: x @ y)

@@ -192,6 +192,8 @@ def train(config, workdir: str, *, overwrite: bool = False, reporter: Reporter |
     ranks = getattr(data.tokenizer, 'path', None)
     if ranks:  # the run carries its tokenizer, so it can be read without the cache
       shutil.copyfile(ranks, os.path.join(workdir, 'tokenizer.tiktoken'))
+      if os.path.exists(ranks + '.json'):
+        shutil.copyfile(ranks + '.json', os.path.join(workdir, 'tokenizer.tiktoken.json'))
   reporter.message(f'data ready in {time.time() - t0:.1f}s: tokenizer {data.tokenizer.name} '
                    f'({data.tokenizer.vocab_size} tokens), {data.train.num_rows} training rows '
                    f'of {config.data.seq_len}, {len(data.eval_batches)} eval batches')
