@@ -9,7 +9,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # A model small enough that a subprocess run is dominated by start-up, not training.
-TINY = ['--config.model.num_layers=1', '--config.model.d_model=32', '--config.model.num_heads=2',
+TINY = ['--config.data.tokenizer=byte', '--config.model.num_layers=1', '--config.model.d_model=32', '--config.model.num_heads=2',
         '--config.data.seq_len=32', '--config.train.batch_size=4', '--config.train.log_every=5',
         '--config.train.warmup_steps=5', '--config.eval.every_steps=10',
         '--config.eval.max_batches=2', '--config.checkpoint.every_steps=10',

@@ -17,6 +17,9 @@ def train_args(workdir, cache_dir, *extra, steps=40):
           f'--config.data.cache_dir={cache_dir}', f'--config.train.steps={steps}', *TINY, *extra]
 
 
+BPE = ('--config.data.tokenizer=bpe', '--config.data.vocab_size=512')
+
+
 def metrics(workdir):
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     rows = [json.loads(line) for line in f]
@@ -27,7 +30,7 @@ def metrics(workdir):
 @pytest.fixture(scope='module')
 def finished_run(tmp_path_factory, cache_dir):
   workdir = str(tmp_path_factory.mktemp('run') / 'a')
-  r = run_cli('launch.train', *train_args(workdir, cache_dir))
+  r = run_cli('launch.train', *train_args(workdir, cache_dir, *BPE))
   assert r.returncode == 0, r.stderr
   return workdir, r
 
@@ -51,7 +54,12 @@ def test_run_writes_results(finished_run):
   assert summary['eval']['bits_per_byte'] == evals[-1]['bits_per_byte']
   with open(os.path.join(workdir, 'config.json')) as f:
     config = json.load(f)
-  assert config['model']['vocab_size'] == 257 and config['model']['d_model'] == 32
+  assert config['model']['vocab_size'] == 512 and config['model']['d_model'] == 32
+  # The run carries the BPE it trained, loadable without the cache.
+  from research.data.tokenizers import load_tiktoken
+  tok = load_tiktoken(os.path.join(workdir, 'tokenizer.tiktoken'))
+  assert tok.vocab_size == 512 and tok.decode(tok.encode('In the beginning')) == 'In the beginning'
+
   assert 'final held-out' in r.stdout and 'bits/byte' in r.stdout
   # Only the last `checkpoint.keep` checkpoints stay.
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['30', '40']
@@ -60,7 +68,7 @@ def test_run_writes_results(finished_run):
 def test_rerun_of_finished_run_does_nothing(finished_run, cache_dir):
   workdir, _ = finished_run
   before = metrics(workdir)
-  r = run_cli('launch.train', *train_args(workdir, cache_dir))
+  r = run_cli('launch.train', *train_args(workdir, cache_dir, *BPE))
   assert r.returncode == 0, r.stderr
   assert 'already holds this finished run' in r.stderr
   assert metrics(workdir) == before
@@ -145,7 +153,7 @@ def test_workdir_with_other_config_is_refused(finished_run, cache_dir, tmp_path)
   workdir, _ = finished_run
   snapshot = {n: os.path.getmtime(os.path.join(workdir, n)) for n in os.listdir(workdir)}
   before = metrics(workdir)
-  r = run_cli('launch.train', *train_args(workdir, cache_dir, '--config.model.d_model=64'))
+  r = run_cli('launch.train', *train_args(workdir, cache_dir, *BPE, '--config.model.d_model=64'))
   one_line_error(r, 'different config', 'model.d_model: 32 -> 64', '--overwrite')
   assert metrics(workdir) == before
   assert {n: os.path.getmtime(os.path.join(workdir, n)) for n in os.listdir(workdir)} == snapshot
@@ -153,7 +161,7 @@ def test_workdir_with_other_config_is_refused(finished_run, cache_dir, tmp_path)
   import shutil
   copy = str(tmp_path / 'copy')
   shutil.copytree(workdir, copy)
-  r = run_cli('launch.train', *train_args(copy, cache_dir, '--config.model.d_model=64',
+  r = run_cli('launch.train', *train_args(copy, cache_dir, *BPE, '--config.model.d_model=64',
                                           '--overwrite', steps=10))
   assert r.returncode == 0, r.stderr
   with open(os.path.join(copy, 'config.json')) as f:
