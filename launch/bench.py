@@ -30,6 +30,8 @@ def main(argv):
   from research.objectives.causal_lm import causal_lm_batch
   from research.train import flops, loop
 
+  # Measured first, while nothing else of ours is using the cores.
+  peak = flops.total_peak(flops.matmul_peak(config.train.compute_dtype))
   mesh = parallel.make_mesh(config.mesh.shape)
   data = loop.prepare_data(config)
   resolved = config_lib.resolve(config, vocab_size=data.tokenizer.vocab_size)
@@ -60,7 +62,6 @@ def main(argv):
     n += 1
   loader_bps = n / (time.perf_counter() - t)
 
-  peak = flops.total_peak(flops.matmul_peak(resolved.train.compute_dtype))
   fpt = flops.train_flops_per_token(tr.cfg, resolved.data.seq_len)
   tokens = resolved.train.batch_size * resolved.data.seq_len
   print(json.dumps({
