@@ -220,11 +220,15 @@ def load_json(path: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.load(f))
 
 
+# Keys that do not change what a run computes: a resumed run may change them.
+NOT_RUN_IDENTITY = ('data.cache_dir',)
+
+
 def config_diff(a: dict, b: dict) -> list:
-  """Keys whose values differ between two normalized configs, as 'key: a -> b'."""
+  """Keys (but NOT_RUN_IDENTITY) whose values differ between two normalized configs, 'key: a -> b'."""
   fa, fb = _flatten(a), _flatten(b)
   return [f'{k}: {fa.get(k)!r} -> {fb.get(k)!r}' for k in sorted(set(fa) | set(fb))
-          if fa.get(k) != fb.get(k)]
+          if fa.get(k) != fb.get(k) and k not in NOT_RUN_IDENTITY]
 
 
 def workdir_path(workdir: str) -> str:

@@ -93,7 +93,7 @@ def byte_unigram_bits(texts) -> float:
   return float(-(p * np.log2(p)).sum())
 
 
-def check_workdir(workdir: str, resolved, *, overwrite: bool) -> bool:
+def check_workdir(workdir: str, resolved, *, overwrite: bool, shown_as: str = '') -> bool:
   """True when workdir holds this same run (resume). Refuses a different run unless overwrite."""
   path = os.path.join(workdir, 'config.json')
   if not os.path.exists(path):
@@ -107,7 +107,8 @@ def check_workdir(workdir: str, resolved, *, overwrite: bool) -> bool:
     # Values that resolve() derives from others follow the change the user made: list them last.
     diff.sort(key=lambda d: d.split(':')[0] in config_lib.DERIVED)
     shown = ', '.join(diff[:3]) + (f' and {len(diff) - 3} more' if len(diff) > 3 else '')
-    raise ConfigError(f'--workdir={workdir} holds a run with a different config ({shown}); '
+    raise ConfigError(f'--workdir={shown_as or workdir} holds a run with a different config '
+                      f'({shown}); '
                       'pass --overwrite to replace it, or choose another workdir')
   return False
 
@@ -161,7 +162,7 @@ def train(config, workdir: str, *, overwrite: bool = False, reporter: Reporter |
   reporter = reporter or Reporter()
   stop = stop or threading.Event()
   config_lib.validate(config)
-  workdir = config_lib.workdir_path(workdir)
+  given_workdir, workdir = workdir, config_lib.workdir_path(workdir)
   mesh = parallel.make_mesh(config.mesh.shape)
   shards = parallel.batch_shards(mesh, config.mesh.rules)
   if config.train.batch_size % shards:
@@ -174,7 +175,7 @@ def train(config, workdir: str, *, overwrite: bool = False, reporter: Reporter |
   t0 = time.time()
   data = prepare_data(config)
   resolved = config_lib.resolve(config, vocab_size=data.tokenizer.vocab_size)
-  resume = check_workdir(workdir, resolved, overwrite=overwrite)
+  resume = check_workdir(workdir, resolved, overwrite=overwrite, shown_as=given_workdir)
   summary_path = os.path.join(workdir, 'summary.json')
   if resume and os.path.exists(summary_path):
     with open(summary_path) as f:
