@@ -25,6 +25,8 @@ def main(argv):
   if len(argv) > 1:
     cli.fail(f'unexpected arguments: {" ".join(argv[1:])}')
   config = cli.load_config(_CONFIG)
+  if _STEPS.value < 1 or _REPEATS.value < 1:
+    cli.fail('--steps and --repeats must be at least 1')
   import jax
   from research import config as config_lib, parallel
   from research.objectives.causal_lm import causal_lm_batch
@@ -33,6 +35,7 @@ def main(argv):
   # Measured first, while nothing else of ours is using the cores.
   peak = flops.total_peak(flops.matmul_peak(config.train.compute_dtype))
   mesh = parallel.make_mesh(config.mesh.shape)
+  loop.check_batch(config, mesh)
   data = loop.prepare_data(config)
   resolved = config_lib.resolve(config, vocab_size=data.tokenizer.vocab_size)
   tr = loop.make_trainer(resolved, mesh)

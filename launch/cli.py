@@ -15,7 +15,9 @@ def _parse(argv):
     return flags.FLAGS(argv)
   except ConfigError as e:
     fail(str(e))
-  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+  except Exception as e:  # pylint: disable=broad-except
+    # Flag values, and the experiment file, which config_flags runs while parsing: a mistake in
+    # either is the user's, so one line, not a traceback.
     fail(_one_line(e))
 
 
@@ -75,6 +77,8 @@ def load_config(holder):
   """The validated config of a --config flag (config_flags loads the file on first access)."""
   from research import config as config_lib
   path = flags.FLAGS[holder.name].config_filename if holder.present else None
+  if path and not os.path.isfile(path.split(':', 1)[0]):
+    raise ConfigError(f'--{holder.name}={path}: no such config file')
   if not path:
     raise ConfigError(f'--{holder.name} is required, e.g. --{holder.name}=experiments/quickstart.py')
   try:

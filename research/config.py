@@ -19,9 +19,10 @@ CHOICES = {
     'model.norm': ('layernorm', 'rmsnorm'),
     'model.norm_position': ('pre', 'post'),
     'model.activation': ('relu', 'gelu', 'swiglu', 'geglu'),
-    'model.positional': ('learned', 'sinusoidal', 'none'),
+    'model.positional': ('learned', 'sinusoidal', 'none', 'rope', 'alibi', 't5_bias', 'shaw'),
+    'model.rope_layout': ('half', 'interleaved'),
     'train.schedule': ('cosine', 'linear', 'rsqrt', 'constant'),
-    'train.compute_dtype': ('float32', 'bfloat16', 'float16'),
+    'train.compute_dtype': ('float32', 'bfloat16'),  # float16 would need loss scaling
 }
 
 LOGICAL_AXES = ('batch', 'length', 'vocab', 'embed', 'heads', 'kv', 'mlp', 'layers')
@@ -46,7 +47,13 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.norm_eps = 1e-5
   c.model.activation = 'gelu'
   c.model.positional = 'learned'
-  c.model.max_len = 0  # learned-position table size; 0: data.seq_len
+  c.model.max_len = 0  # learned-position table size (longer inputs reuse its last row); 0: seq_len
+  c.model.rope_theta = 10000.0
+  c.model.rope_layout = 'half'  # 'half': GPT-NeoX, HF Llama; 'interleaved': RoFormer, Meta Llama
+  c.model.rope_fraction = 1.0  # rotate the first fraction of each head's dims (even count)
+  c.model.t5_num_buckets = 32
+  c.model.t5_max_distance = 128  # farther distances share the last bucket
+  c.model.shaw_max_distance = 16  # relative distances clipped to [-k, k]
   c.model.tie_embeddings = True
   c.model.use_bias = True
   c.model.dropout = 0.0
@@ -139,7 +146,8 @@ def validate(config) -> None:
 
   for key in ('model.num_layers', 'model.d_model', 'model.num_heads', 'data.seq_len',
               'train.steps', 'train.batch_size', 'train.log_every', 'eval.every_steps',
-              'eval.max_batches', 'checkpoint.every_steps', 'checkpoint.keep'):
+              'eval.max_batches', 'checkpoint.every_steps', 'checkpoint.keep',
+              'model.t5_num_buckets', 'model.t5_max_distance', 'model.shaw_max_distance'):
     need(isinstance(given[key], int) and given[key] > 0, key, 'must be a positive integer')
   for key in ('model.num_kv_heads', 'model.head_dim', 'model.d_ff', 'model.max_len',
               'model.vocab_size', 'train.warmup_steps', 'sample.num_samples',
@@ -147,14 +155,17 @@ def validate(config) -> None:
     need(isinstance(given[key], int) and given[key] >= 0, key, 'must be a non-negative integer')
   for key in ('model.dropout', 'train.label_smoothing', 'train.min_lr_ratio'):
     need(0.0 <= given[key] < 1.0 or (key == 'train.min_lr_ratio' and given[key] == 1.0),
-         key, 'must be in [0, 1)')
-  for key in ('train.learning_rate', 'model.init_std', 'model.norm_eps', 'train.eps'):
+         key, 'must be in [0, 1]' if key == 'train.min_lr_ratio' else 'must be in [0, 1)')
+  need(isinstance(given['seed'], int) and given['seed'] >= 0, 'seed', 'must be a non-negative integer')
+  for key in ('train.learning_rate', 'model.init_std', 'model.norm_eps', 'train.eps',
+              'model.rope_theta'):
     need(given[key] > 0 and math.isfinite(given[key]), key, 'must be positive')
   for key in ('train.weight_decay', 'train.grad_clip', 'train.z_loss', 'sample.temperature'):
     need(given[key] >= 0 and math.isfinite(given[key]), key, 'must be non-negative')
   for key in ('train.beta1', 'train.beta2'):
     need(0.0 <= given[key] < 1.0, key, 'must be in [0, 1)')
   need(0.0 < given['data.eval_fraction'] < 1.0, 'data.eval_fraction', 'must be in (0, 1)')
+  need(0.0 < given['model.rope_fraction'] <= 1.0, 'model.rope_fraction', 'must be in (0, 1]')
 
   m = config.model
   kv = m.num_kv_heads or m.num_heads
@@ -165,6 +176,14 @@ def validate(config) -> None:
          f'must divide model.d_model={m.d_model} (or set model.head_dim)')
   if m.positional == 'sinusoidal':
     need(m.d_model % 2 == 0, 'model.d_model', 'must be even for sinusoidal positions')
+  if m.positional == 'rope':
+    head_dim = m.head_dim or m.d_model // m.num_heads
+    need(m.rope_fraction * head_dim >= 2, 'model.rope_fraction',
+         f'rotates no pair of the {head_dim} dimensions per head')
+  # Causal buckets: half exact, the rest log-spaced from there to max_distance.
+  need(m.t5_num_buckets >= 2, 'model.t5_num_buckets', 'must be at least 2')
+  need(m.t5_max_distance > m.t5_num_buckets // 2, 'model.t5_max_distance',
+       f'must exceed the {m.t5_num_buckets // 2} exactly-bucketed distances')
   if m.max_len:
     need(m.max_len >= config.data.seq_len, 'model.max_len',
          f'must be at least data.seq_len={config.data.seq_len}')
@@ -220,13 +239,25 @@ def load_json(path: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.load(f))
 
 
-# Keys that do not change what a run computes: a resumed run may change them.
-NOT_RUN_IDENTITY = ('data.cache_dir',)
+# Keys that do not change the trained model: a resumed run may change them (e.g. resume on
+# another mesh; orbax restores into the new shardings).
+NOT_RUN_IDENTITY = ('data.cache_dir', 'mesh.shape', 'mesh.rules', 'train.log_every',
+                    'eval.every_steps', 'checkpoint.every_steps', 'checkpoint.keep',
+                    'sample.num_samples', 'sample.max_new_tokens', 'sample.temperature',
+                    'sample.prompt')
 
 
-def config_diff(a: dict, b: dict) -> list:
-  """Keys (but NOT_RUN_IDENTITY) whose values differ between two normalized configs, 'key: a -> b'."""
-  fa, fb = _flatten(a), _flatten(b)
+def config_diff(old: dict, new: dict) -> list:
+  """Keys (but NOT_RUN_IDENTITY) whose values differ between two normalized configs, 'key: a -> b'.
+
+  A key missing from the old config (written before the key existed) counts as its default.
+  """
+  fa, fb = _flatten(old), _flatten(new)
+  defaults = normalized(default_config())
+  fd = _flatten(defaults)
+  for k in set(fb) - set(fa):
+    if k in fd:
+      fa[k] = fd[k]
   return [f'{k}: {fa.get(k)!r} -> {fb.get(k)!r}' for k in sorted(set(fa) | set(fb))
           if fa.get(k) != fb.get(k) and k not in NOT_RUN_IDENTITY]
 
@@ -237,4 +268,10 @@ def workdir_path(workdir: str) -> str:
   path = os.path.abspath(workdir)
   if os.path.exists(path) and not os.path.isdir(path):
     raise ConfigError(f'--workdir={workdir} exists and is not a directory')
+  existing = path  # checked before any work, so a bad workdir costs nothing
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing) or not os.access(existing, os.W_OK):
+    raise ConfigError(f'--workdir={workdir}: cannot create or write it ({existing} is not a '
+                      'writable directory)')
   return path

@@ -131,6 +131,7 @@ def test_bad_inputs_one_line_exit_2(tmp_path, cache_dir):
       (['--config.data.tokenizer=/no/such.tiktoken'], '/no/such.tiktoken'),
       (['--config.data.tokenizer=wordpiece'], 'data.tokenizer'),
   ]
+  cases.append((['--config.seed=-1'], 'seed'))
   empty = tmp_path / 'empty'
   empty.mkdir()
   (empty / 'a.txt').write_text('  \n\n')
@@ -139,6 +140,11 @@ def test_bad_inputs_one_line_exit_2(tmp_path, cache_dir):
     one_line_error(run_cli('launch.train', *train_args(w, cache_dir, *extra)), needle)
   one_line_error(run_cli('launch.train', '--config=experiments/nope.py', f'--workdir={w}'),
                  'nope.py')
+  one_line_error(run_cli('launch.train', '--config', 'experiments/nope.py', f'--workdir={w}'),
+                 'nope.py')
+  afile = tmp_path / 'afile'
+  afile.write_text('')
+  one_line_error(run_cli('launch.train', *train_args(str(afile / 'w'), cache_dir)), 'afile')
   assert not os.path.exists(w)  # nothing was written for any of these
 
 
@@ -147,6 +153,13 @@ def test_batch_must_divide_over_devices(tmp_path, cache_dir):
                                           '--config.train.batch_size=6'),
               env={'XLA_FLAGS': '--xla_force_host_platform_device_count=4'})
   one_line_error(r, 'train.batch_size=6', '4 devices')
+  # A vocabulary of 257 cannot be split over 2 tensor-parallel devices: named, nothing written.
+  w = str(tmp_path / 'w2')
+  r = run_cli('launch.train', *train_args(w, cache_dir, '--config.mesh.shape=(2,1,2)',
+                                          '--config.mesh.rules=(("batch","data"),("vocab","tensor"))'),
+              env={'XLA_FLAGS': '--xla_force_host_platform_device_count=4'})
+  one_line_error(r, "['embed']['embedding'] (size 257)", 'tensor = 2')
+  assert not os.path.exists(w)
 
 
 def test_workdir_with_other_config_is_refused(finished_run, cache_dir, tmp_path):

@@ -366,13 +366,15 @@ def test_eval_rows(small, tmp_path):
   stream = cache.cached_streams(small, tok, str(tmp_path))['eval']
   rows = loader.eval_rows(stream, seq_len=32, max_rows=5)
   assert rows['tokens'].shape == (5, 33)
-  for r in range(5):
-    assert np.array_equal(rows['tokens'][r], stream.tokens[r * 32:r * 32 + 33])
-  _check_segments(rows['tokens'], rows['segment_ids'], tok.eot_id)
   available = (len(stream.tokens) - 1) // 32
+  # Spread evenly over the split, first and last rows included, in order.
+  starts = np.linspace(0, available - 1, 5).round().astype(int)
+  for r, row in enumerate(starts):
+    assert np.array_equal(rows['tokens'][r], stream.tokens[row * 32:row * 32 + 33])
+  _check_segments(rows['tokens'], rows['segment_ids'], tok.eot_id)
   everything = loader.eval_rows(stream, seq_len=32, max_rows=10**9)
   assert everything['tokens'].shape == (available, 33)
-  assert np.array_equal(everything['tokens'][:5], rows['tokens'])
+  assert np.array_equal(everything['tokens'][starts], rows['tokens'])
   flat = loader.eval_rows(stream, seq_len=32, max_rows=5, document_mask=False)
   assert (flat['segment_ids'] == 1).all()
   with pytest.raises(ConfigError, match='too few'):

@@ -41,6 +41,9 @@ SWITCHES = [
     {'activation': 'swiglu'}, {'activation': 'geglu'}, {'positional': 'sinusoidal'},
     {'positional': 'none'}, {'tie_embeddings': False}, {'use_bias': False},
     {'num_kv_heads': 2}, {'num_kv_heads': 1},
+    {'positional': 'rope'}, {'positional': 'rope', 'rope_fraction': 0.5, 'num_kv_heads': 2},
+    {'positional': 'alibi'}, {'positional': 'alibi', 'num_kv_heads': 1},
+    {'positional': 't5_bias'}, {'positional': 'shaw'},
 ]
 
 
@@ -57,7 +60,8 @@ def test_causal_every_switch(switch):
   assert np.abs(np.asarray(a[:, 7:] - b[:, 7:])).max() > 1e-4
 
 
-@pytest.mark.parametrize('positional', ['learned', 'sinusoidal', 'none'])
+@pytest.mark.parametrize('positional', ['learned', 'sinusoidal', 'none', 'rope', 'alibi',
+                                        't5_bias', 'shaw'])
 def test_packed_documents_are_independent(positional):
   """A document packed after another gives the logits it gives alone at the row start."""
   model, params = make(positional=positional)

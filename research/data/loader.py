@@ -73,10 +73,12 @@ class Loader:
 
 def eval_rows(stream: TokenStream, *, seq_len: int, max_rows: int,
               document_mask: bool = True) -> dict[str, np.ndarray]:
-  """The first min(max_rows, available) rows in order, as `Loader.batch` returns them."""
+  """min(max_rows, available) rows spread evenly over the split (so the evaluation covers all of
+  its documents, not the first few), in order, as `Loader.batch` returns them."""
   available = _num_rows(stream, seq_len)
   if available == 0:
     raise ConfigError(f'corpus split has {len(stream.tokens)} tokens, too few for one row of '
                       f'seq_len+1 = {seq_len + 1}')
-  rows_R = np.arange(min(max_rows, available), dtype=np.int64)
+  rows_R = np.unique(np.linspace(0, available - 1, min(max_rows, available)).round()).astype(
+      np.int64)
   return _rows(stream, np.asarray(stream.doc_starts), rows_R, seq_len, document_mask)

@@ -1,5 +1,8 @@
-"""Multi-head / grouped-query attention with an explicit mask and an optional additive bias."""
+"""Multi-head / grouped-query attention with an explicit mask and optional position terms."""
 
+from typing import Optional
+
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -23,18 +26,49 @@ def attention_mask(segment_ids_BT, *, causal: bool = True):
   return mask_BTT[:, None]
 
 
-def dot_product_attention(q_BTNH, k_BSKH, v_BSKH, mask_B1TS, bias=None):
-  """softmax(q k^T / sqrt(H) + bias) v with K key/value heads shared by N // K query heads."""
+@flax.struct.dataclass
+class AttentionBias:
+  """Position terms the attention function adds without knowing which scheme made them.
+
+  Every field is optional, and each is computed once per forward and shared by all layers.
+  logits_BNTS: added to the scaled logits (ALiBi, T5 bias); N is the query heads or 1.
+  key_BTSH, value_BTSH: relative representations (Shaw et al. 2018), a vector per query/key pair:
+    logits[t, s] += q_t . key[t, s] inside the 1/sqrt(H) scaling; out_t += sum_s p_ts value[t, s].
+    They take O(B T^2 H) memory, so they suit the short contexts this codebase trains at.
+  """
+  logits_BNTS: Optional[jax.Array] = None
+  key_BTSH: Optional[jax.Array] = None
+  value_BTSH: Optional[jax.Array] = None
+
+
+def dot_product_attention(q_BTNH, k_BSKH, v_BSKH, mask_B1TS,
+                          bias: Optional[AttentionBias] = None):
+  """softmax(q (k + r_k)^T / sqrt(H) + b) (v + r_v), K key/value heads shared by N // K query heads.
+
+  r_k = bias.key_BTSH, r_v = bias.value_BTSH and b = bias.logits_BNTS, each only where given.
+  """
+  bias = bias or AttentionBias()
   b, t, n, h = q_BTNH.shape
   k = k_BSKH.shape[2]
   q_BTKGH = q_BTNH.reshape(b, t, k, n // k, h)
   logits_BKGTS = jnp.einsum('btkgh,bskh->bkgts', q_BTKGH, k_BSKH).astype(jnp.float32)
+  if bias.key_BTSH is not None:
+    # Shaw et al. eq. 4: the relative key joins the key inside the scaled product.
+    logits_BKGTS += jnp.einsum('btkgh,btsh->bkgts', q_BTKGH,
+                               bias.key_BTSH.astype(q_BTNH.dtype)).astype(jnp.float32)
   logits_BKGTS *= h ** -0.5
-  if bias is not None:
-    logits_BKGTS += bias.astype(jnp.float32).reshape(bias.shape[0], k, -1, *bias.shape[-2:])
+  if bias.logits_BNTS is not None:
+    # Query head n = kv head * (N // K) + group index, the order of the reshape of q above.
+    logits_BNTS = bias.logits_BNTS.astype(jnp.float32)
+    heads = logits_BNTS.shape[1]
+    logits_BKGTS += logits_BNTS.reshape(logits_BNTS.shape[0], min(heads, k), -1,
+                                        *logits_BNTS.shape[-2:])
   logits_BKGTS = jnp.where(mask_B1TS[:, :, None], logits_BKGTS, jnp.finfo(jnp.float32).min)
   probs_BKGTS = jax.nn.softmax(logits_BKGTS, axis=-1).astype(v_BSKH.dtype)
   out_BTKGH = jnp.einsum('bkgts,bskh->btkgh', probs_BKGTS, v_BSKH)
+  if bias.value_BTSH is not None:
+    out_BTKGH += jnp.einsum('bkgts,btsh->btkgh', probs_BKGTS,
+                            bias.value_BTSH.astype(v_BSKH.dtype))
   return out_BTKGH.reshape(b, t, n, h)
 
 

@@ -31,6 +31,12 @@ class ModelConfig:
   activation: str
   positional: str
   max_len: int
+  rope_theta: float
+  rope_layout: str
+  rope_fraction: float
+  t5_num_buckets: int
+  t5_max_distance: int
+  shaw_max_distance: int
   tie_embeddings: bool
   use_bias: bool
   dropout: float
@@ -78,8 +84,7 @@ class Decoder(nn.Module):
     embed = nn.Embed(cfg.vocab_size, cfg.d_model, dtype=dtype, name='embed',
                      embedding_init=nn.with_logical_partitioning(
                          nn.initializers.normal(cfg.init_std), ('vocab', 'embed')))
-    positional = Positional(cfg.positional, cfg.max_len, cfg.d_model, cfg.init_std, dtype,
-                            name='positional')
+    positional = Positional(cfg, name='positional')
     x_BTD = positional.embed(embed(inputs_BT), positions_BT)
     x_BTD = nn.Dropout(cfg.dropout)(x_BTD, deterministic=deterministic)
     mask_B1TT = attention_lib.attention_mask(segment_ids_BT, causal=True)

@@ -57,18 +57,19 @@ class Data:
 def prepare_data(config) -> Data:
   d = config.data
   corpus = sources.load_corpus(d.source, text_field=d.text_field, eval_fraction=d.eval_fraction)
-  tok = tokenizers.build_tokenizer(d.tokenizer, vocab_size=d.vocab_size, corpus=corpus,
-                                   cache_dir=d.cache_dir)
-  streams = cache.cached_streams(corpus, tok, d.cache_dir)
+  try:
+    tok = tokenizers.build_tokenizer(d.tokenizer, vocab_size=d.vocab_size, corpus=corpus,
+                                     cache_dir=d.cache_dir)
+    streams = cache.cached_streams(corpus, tok, d.cache_dir)
+  except OSError as e:
+    raise ConfigError(f'data.cache_dir={d.cache_dir}: cannot write the cache there '
+                      f'({e.strerror or e})') from None
   n = jax.process_count()
   train = loader_lib.Loader(streams['train'], seq_len=d.seq_len, batch_size=config.train.batch_size,
                             seed=config.seed, document_mask=d.document_mask)
   rows = loader_lib.eval_rows(streams['eval'], seq_len=d.seq_len,
                               max_rows=config.eval.max_batches * config.train.batch_size,
                               document_mask=d.document_mask)
-  if not len(rows['tokens']):
-    raise ConfigError(f'data.source={d.source}: the held-out split is too short for one row of '
-                      f'data.seq_len={d.seq_len} tokens')
   eval_batches = []
   b = config.train.batch_size
   for i in range(0, len(rows['tokens']), b):
@@ -82,10 +83,13 @@ def prepare_data(config) -> Data:
     per = b // n
     eval_batches.append({k: v[jax.process_index() * per:(jax.process_index() + 1) * per]
                          for k, v in batch.items()})
-  return Data(tok, train, eval_batches, corpus.split, byte_unigram_bits(corpus.eval))
+  # The baseline is measured on exactly the text the eval rows predict.
+  evaluated = [tok.decode(row[1:]) for row in rows['tokens']]
+  return Data(tok, train, eval_batches, corpus.split, byte_unigram_bits(evaluated))
 
 
 def byte_unigram_bits(texts) -> float:
+  """Entropy of the texts' byte frequencies: bits/byte of a model that knows only those."""
   counts = np.zeros(256, np.int64)
   for t in texts:
     counts += np.bincount(np.frombuffer(t.encode('utf-8'), np.uint8), minlength=256)
@@ -145,8 +149,11 @@ def make_trainer(resolved, mesh) -> Trainer:
   state_sh = nn.logical_to_mesh_sharding(specs, mesh, rules)
   batch_sh = parallel.batch_sharding(mesh, resolved.mesh.rules)
   repl = parallel.replicated(mesh)
-  init = jax.jit(lambda r: nn.meta.unbox(step_lib.init_state(model, tx, r, seq_len)),
-                 out_shardings=state_sh)
+  def unboxed_init(rng):
+    return nn.meta.unbox(step_lib.init_state(model, tx, rng, seq_len))
+
+  check_shardable(jax.eval_shape(unboxed_init, jax.random.PRNGKey(0)), state_sh)
+  init = jax.jit(unboxed_init, out_shardings=state_sh)
   train_fn = jax.jit(
       functools.partial(step_lib.train_step, model=model, tx=tx, train_cfg=resolved.train,
                         seed=resolved.seed),
@@ -154,6 +161,30 @@ def make_trainer(resolved, mesh) -> Trainer:
   eval_fn = jax.jit(functools.partial(step_lib.eval_step, model=model),
                     in_shardings=(state_sh.params, batch_sh, repl), out_shardings=repl)
   return Trainer(model, cfg, rules, state_sh, batch_sh, repl, init, train_fn, eval_fn)
+
+
+def check_batch(config, mesh) -> None:
+  """The global batch must split evenly over the devices and the processes that load it."""
+  b = config.train.batch_size
+  shards = parallel.batch_shards(mesh, config.mesh.rules)
+  if b % shards:
+    raise ConfigError(f'train.batch_size={b} does not divide over the {shards} devices that the '
+                      'batch is split across')
+  if shards % jax.process_count():
+    raise ConfigError(f'mesh.rules split the batch over {shards} devices, which does not divide '
+                      f'over {jax.process_count()} processes loading their own rows')
+
+
+def check_shardable(abstract_state, shardings) -> None:
+  """Every sharded parameter dimension divides over its mesh axes (named, not a crash later)."""
+  flat_x = jax.tree_util.tree_flatten_with_path(abstract_state)[0]
+  for (path, x), sh in zip(flat_x, jax.tree.leaves(shardings)):
+    for dim, axes in zip(x.shape, sh.spec):
+      axes = (axes,) if isinstance(axes, str) else axes or ()
+      size = int(np.prod([sh.mesh.shape[a] for a in axes]))
+      if dim % size:
+        raise ConfigError(f'mesh.rules shard {jax.tree_util.keystr(path)} (size {dim}) over '
+                          f'{"x".join(axes)} = {size} devices, which does not divide it')
 
 
 def train(config, workdir: str, *, overwrite: bool = False, reporter: Reporter | None = None,
@@ -164,13 +195,7 @@ def train(config, workdir: str, *, overwrite: bool = False, reporter: Reporter |
   config_lib.validate(config)
   given_workdir, workdir = workdir, config_lib.workdir_path(workdir)
   mesh = parallel.make_mesh(config.mesh.shape)
-  shards = parallel.batch_shards(mesh, config.mesh.rules)
-  if config.train.batch_size % shards:
-    raise ConfigError(f'train.batch_size={config.train.batch_size} does not divide over the '
-                      f'{shards} devices that the batch is split across')
-  if config.train.batch_size % jax.process_count():
-    raise ConfigError(f'train.batch_size={config.train.batch_size} does not divide over '
-                      f'{jax.process_count()} processes')
+  check_batch(config, mesh)
 
   t0 = time.time()
   data = prepare_data(config)
@@ -183,9 +208,14 @@ def train(config, workdir: str, *, overwrite: bool = False, reporter: Reporter |
     if summary.get('step') == resolved.train.steps:
       reporter.message(f'{workdir} already holds this finished run; nothing to do')
       return summary
+  tr = make_trainer(resolved, mesh)
+  model, cfg, seq_len = tr.model, tr.cfg, resolved.data.seq_len
   lead = jax.process_index() == 0
   if lead:
-    os.makedirs(workdir, exist_ok=True)
+    try:
+      os.makedirs(workdir, exist_ok=True)
+    except OSError as e:
+      raise ConfigError(f'--workdir={given_workdir}: cannot create it ({e.strerror})') from None
     if not resume:
       clear_run(workdir)
     _write_json(os.path.join(workdir, 'config.json'), config_lib.normalized(resolved))
@@ -198,9 +228,6 @@ def train(config, workdir: str, *, overwrite: bool = False, reporter: Reporter |
   reporter.message(f'data ready in {time.time() - t0:.1f}s: tokenizer {data.tokenizer.name} '
                    f'({data.tokenizer.vocab_size} tokens), {data.train.num_rows} training rows '
                    f'of {config.data.seq_len}, {len(data.eval_batches)} eval batches')
-
-  tr = make_trainer(resolved, mesh)
-  model, cfg, seq_len = tr.model, tr.cfg, resolved.data.seq_len
   with nn.logical_axis_rules(tr.rules):
     ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'),
                                  keep=resolved.checkpoint.keep)
@@ -229,8 +256,10 @@ def train(config, workdir: str, *, overwrite: bool = False, reporter: Reporter |
                               process_count=jax.process_count())
       return global_batch(causal_lm_batch(rows))
 
+    total = resolved.train.steps
+    next_batch = batch_at(start) if start < total else None
     t = time.time()
-    compiled = train_fn.lower(state, batch_at(start)).compile()
+    compiled = train_fn.lower(state, next_batch or batch_at(0)).compile()
     compile_s = time.time() - t
     peak = flops_lib.total_peak(flops_lib.matmul_peak(resolved.train.compute_dtype))
     flops_per_token = flops_lib.train_flops_per_token(cfg, seq_len)
@@ -247,7 +276,6 @@ def train(config, workdir: str, *, overwrite: bool = False, reporter: Reporter |
       return step_lib.eval_metrics(jax.device_get(sums))
 
     writer = metrics_lib.MetricsWriter(workdir, resume_step=start, enabled=lead)
-    total = resolved.train.steps
     log_every, eval_every = resolved.train.log_every, resolved.eval.every_steps
     ckpt_every = resolved.checkpoint.every_steps
     reporter.start(first_step=start, total_steps=total)
@@ -256,7 +284,6 @@ def train(config, workdir: str, *, overwrite: bool = False, reporter: Reporter |
     step = start
     train_time = 0.0
 
-    next_batch = batch_at(step) if step < total else None
     while step < total and not stop.is_set():
       batch = next_batch
       state, m = compiled(state, batch)
@@ -279,11 +306,11 @@ def train(config, workdir: str, *, overwrite: bool = False, reporter: Reporter |
         last_eval['bits_per_byte_unigram'] = data.unigram_bits
         writer.write(step, 'eval', last_eval)
         reporter.eval(step, last_eval)
-      if step % ckpt_every == 0 or step == total or stop.is_set():
+      if step % ckpt_every == 0 or step == total:
         ckpt.save(step, state, {'step': step, 'seed': resolved.seed})
       if step % log_every == 0 or step == total:
         window_t = time.time()
-    if stop.is_set() and step < total:
+    if stop.is_set():  # saves nothing when this step is already saved
       ckpt.save(step, state, {'step': step, 'seed': resolved.seed})
     ckpt.close()
     writer.close()

@@ -26,7 +26,7 @@ class MetricsWriter:
     self._file = open(self.path, 'a')
     try:
       from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(workdir, purge_step=resume_step + 1 if resume_step else None)
+      self._tb = SummaryWriter(workdir, purge_step=resume_step + 1)  # drops events after it
     except ImportError:  # TensorBoard events are a convenience; metrics.jsonl is the record
       self._tb = None
 
