@@ -235,8 +235,18 @@ def normalized(config) -> dict:
 
 
 def load_json(path: str) -> ml_collections.ConfigDict:
+  """A run's config.json; keys added since it was written take their defaults."""
   with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+    saved = json.load(f)
+  merged = normalized(default_config())
+  def merge(into, d):
+    for k, v in d.items():
+      if isinstance(v, dict) and isinstance(into.get(k), dict):
+        merge(into[k], v)
+      else:
+        into[k] = v
+  merge(merged, saved)
+  return ml_collections.ConfigDict(merged)
 
 
 # Keys that do not change the trained model: a resumed run may change them (e.g. resume on

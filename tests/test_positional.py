@@ -1,4 +1,4 @@
-"""Positional schemes against their published definitions, and every scheme past its training length."""
+"""Positional schemes against their published definitions, and each one past its training length."""
 
 import functools
 import math
@@ -8,6 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from research import config as config_lib
+from research.errors import ConfigError
 from research.model import attention as attention_lib
 from research.model import positional as positional_lib
 from research.model.positional import Positional, alibi_slopes, rope, t5_relative_bucket
@@ -259,3 +261,19 @@ def test_schemes_read_positions_and_relative_ones_only_their_differences(scheme)
   else:
     assert np.abs(np.asarray(shifted - base)).max() > 1e-4
   assert (np.abs(np.asarray(stretched - base)).max() > 1e-4) == (scheme != 'none')
+
+
+@pytest.mark.parametrize('key, value, match', [
+    ('rope_layout', 'neox', 'model.rope_layout'),
+    ('rope_fraction', 0.0, 'model.rope_fraction'),
+    ('rope_fraction', 0.2, 'rotates no pair'),  # 0.2 * 8 dims per head: no pair to rotate
+    ('rope_theta', -1.0, 'model.rope_theta'),
+    ('t5_max_distance', 16, 'model.t5_max_distance'),  # no room for log-spaced buckets
+    ('shaw_max_distance', 0, 'model.shaw_max_distance'),
+])
+def test_config_refuses_bad_positional_settings(key, value, match):
+  c = config_lib.default_config()
+  c.model.positional, c.model.num_heads, c.model.d_model = 'rope', 4, 32
+  c.model[key] = value
+  with pytest.raises(ConfigError, match=match):
+    config_lib.validate(c)

@@ -4,10 +4,10 @@ PRESETS = {
     # GPT-2 (Radford et al. 2019): learned positions, GELU, pre-LayerNorm, biases, tied embeddings.
     'gpt2': dict(norm='layernorm', norm_position='pre', activation='gelu', positional='learned',
                  use_bias=True, tie_embeddings=True),
-    # Llama (Touvron et al. 2023): RMSNorm, SwiGLU, no biases, untied output. Llama uses RoPE;
-    # until the positional issue lands this preset runs with no positional scheme.
-    'llama': dict(norm='rmsnorm', norm_position='pre', activation='swiglu', positional='none',
-                  use_bias=False, tie_embeddings=False),
+    # Llama (Touvron et al. 2023): RMSNorm, SwiGLU, no biases, untied output, rotary positions
+    # with the GPT-NeoX / Hugging Face 'half' layout (Meta's own checkpoints interleave).
+    'llama': dict(norm='rmsnorm', norm_position='pre', activation='swiglu', positional='rope',
+                  rope_layout='half', use_bias=False, tie_embeddings=False),
 }
 
 
