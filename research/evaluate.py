@@ -33,6 +33,7 @@ def load_run(workdir: str):
   path = os.path.join(workdir, 'config.json')
   if not os.path.exists(path):
     raise ConfigError(f'--workdir={workdir} holds no run (no config.json)')
+  workdir = os.path.abspath(workdir)  # orbax wants absolute paths
   resolved = config_lib.load_json(path)
   d = resolved.data
   corpus = sources.load_corpus(d.source, text_field=d.text_field, eval_fraction=d.eval_fraction)

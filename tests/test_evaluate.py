@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 
-from tests.conftest import TINY, run_cli
+from tests.conftest import ROOT, TINY, run_cli
 
 
 def test_evaluate_lengths_matches_training_eval(tmp_path, cache_dir):
@@ -19,7 +19,8 @@ def test_evaluate_lengths_matches_training_eval(tmp_path, cache_dir):
   with open(os.path.join(workdir, 'summary.json')) as f:
     trained = json.load(f)['eval']
 
-  r = run_cli('launch.evaluate', f'--workdir={workdir}', '--lengths=1x,64,4x', '--stride=0.5',
+  # A relative workdir, as in the README's command.
+  r = run_cli('launch.evaluate', f'--workdir={os.path.relpath(workdir, ROOT)}', '--lengths=1x,64,4x', '--stride=0.5',
               '--max_tokens=100000000')
   assert r.returncode == 0, r.stderr
   with open(os.path.join(workdir, 'eval_lengths.json')) as f:
