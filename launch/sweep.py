@@ -1,0 +1,83 @@
+"""Run every arm of a config file's sweep, each in <workdir>/<arm>/:
+
+  python -m launch.sweep --config=experiments/positional/extrapolation.py:cpu --workdir=runs/extrapolation
+
+Finished arms are skipped, unfinished ones resume from their checkpoints, so re-running the
+command after an interruption continues the sweep. `--config.a.b=v` overrides apply to every arm.
+When the config file defines EVALUATE, each arm is then evaluated at those lengths
+(launch.evaluate). Afterwards: python -m launch.report --workdir=<workdir>.
+"""
+
+import json
+import os
+import signal
+import sys
+import threading
+
+from absl import flags
+from ml_collections import config_flags
+
+from launch import cli
+from launch.progress import ProgressReporter
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'experiment config file with sweep()')
+_WORKDIR = flags.DEFINE_string('workdir', None, 'sweep directory; one subdirectory per arm')
+_PROGRESS = flags.DEFINE_bool('progress', True, 'draw a progress bar on stderr')
+_ONLY = flags.DEFINE_list('only', [], 'run just these arms (names)')
+
+
+def main(argv):
+  if len(argv) > 1:
+    cli.fail(f'unexpected arguments: {" ".join(argv[1:])}')
+  if not _WORKDIR.value:
+    cli.fail('--workdir is required')
+  base = cli.load_config(_CONFIG)
+  from research import evaluate, sweep
+  from research.train import loop
+
+  spec = flags.FLAGS['config'].config_filename
+  module, arg = sweep.load_module(spec)
+  arms = sweep.arms(module, arg)
+  if _ONLY.value:
+    unknown = set(_ONLY.value) - {a.name for a in arms}
+    if unknown:
+      cli.fail(f'--only: no arms named {", ".join(sorted(unknown))}')
+    arms = [a for a in arms if a.name in _ONLY.value]
+  configs = [(a, sweep.arm_config(base, a)) for a in arms]  # every arm checked before any runs
+  evaluation = getattr(module, 'EVALUATE', None)
+
+  os.makedirs(_WORKDIR.value, exist_ok=True)
+  with open(os.path.join(_WORKDIR.value, 'sweep.json'), 'w') as f:
+    json.dump({'config': spec, 'arms': [{'name': a.name, 'group': a.group,
+                                          'overrides': a.overrides} for a in sweep.arms(module, arg)],
+               'evaluate': evaluation}, f, indent=1)
+
+  stop = threading.Event()
+
+  def on_signal(signum, _):
+    print(f'\n{signal.Signals(signum).name}: stopping the current arm at a checkpoint',
+          file=sys.stderr)
+    stop.set()
+
+  signal.signal(signal.SIGTERM, on_signal)
+  signal.signal(signal.SIGINT, on_signal)
+  for i, (arm, config) in enumerate(configs):
+    print(f'[{i + 1}/{len(configs)}] {arm.name}', file=sys.stderr)
+    workdir = os.path.join(_WORKDIR.value, arm.name)
+    summary = loop.train(config, workdir, reporter=ProgressReporter(_PROGRESS.value), stop=stop)
+    if 'interrupted_at_step' in summary:
+      print(f'stopped in {arm.name}; re-run the same command to continue the sweep',
+            file=sys.stderr)
+      return
+    if evaluation:
+      done = os.path.join(workdir, 'eval_lengths.json')
+      if os.path.exists(done):
+        with open(done) as f:
+          if json.load(f).get('step') == summary['step']:
+            continue
+      evaluate.evaluate_run(workdir, **evaluation)
+  print(f'sweep finished; now: python -m launch.report --workdir={_WORKDIR.value}')
+
+
+if __name__ == '__main__':
+  cli.run(main)

@@ -1,0 +1,146 @@
+"""launch.report on a made-up sweep directory: table values, missing arms, plots, errors."""
+
+import json
+import math
+import os
+
+import pytest
+
+from research import report
+from tests.conftest import run_cli
+
+TRAIN_LEN = 64
+LENGTHS = (64, 96, 128)
+# arm -> perplexity at each of LENGTHS. alibi-s1 has trained but is not evaluated yet.
+PPL = {'rope-s0': (10.0, 20.0, 40.0), 'rope-s1': (12.0, 24.0, 44.0),
+       'alibi-s0': (11.0, 11.5, 12.0), 'alibi-s1': None}
+# Train rows' tokens/s; the first of each is the warm-up row the report must leave out.
+TPS = {'rope-s0': (1000.0, 2000.0, 4000.0), 'rope-s1': (500.0, 3000.0, 5000.0),
+       'alibi-s0': (100.0, 900.0, 1100.0), 'alibi-s1': (100.0, 900.0, 1100.0)}
+
+
+def _write(path, obj):
+  with open(path, 'w') as f:
+    json.dump(obj, f)
+
+
+def _eval_entry(ppl, length, sliding):
+  loss = math.log(ppl)
+  e = {'loss': loss, 'perplexity': ppl, 'bits_per_byte': loss / math.log(2) / 4,
+       'tokens': 1024, 'windows': 1024 // length}
+  if not sliding:
+    # Rising past the training length, as for a scheme that does not extrapolate.
+    e['per_position_loss'] = [loss + 0.01 * max(0, i - TRAIN_LEN) for i in range(length)]
+  else:
+    e['stride'] = length // 2
+  return e
+
+
+def make_sweep(root, *, evaluated=True):
+  """A sweep directory as launch.sweep + launch.train + launch.evaluate leave it."""
+  os.makedirs(root, exist_ok=True)
+  arms = [{'name': name, 'group': name.split('-')[0],
+           'overrides': {'model.positional': name.split('-')[0], 'seed': int(name[-1])}} for name in PPL]
+  _write(os.path.join(root, 'sweep.json'), {'config': 'experiments/positional.py', 'arms': arms})
+  for arm in arms:
+    d = os.path.join(root, arm['name'])
+    os.makedirs(d)
+    _write(os.path.join(d, 'config.json'), {'data': {'seq_len': TRAIN_LEN},
+                                            'model': {'positional': arm['group']}, 'seed': arm['overrides']['seed']})
+    _write(os.path.join(d, 'summary.json'), {'step': 100, 'num_params': 1_234_567, 'wall_seconds': 9.0,
+                                             'eval': {'loss': 2.0, 'perplexity': 7.39, 'bits_per_byte': 3.0}})
+    with open(os.path.join(d, 'metrics.jsonl'), 'w') as f:
+      for i, tps in enumerate(TPS[arm['name']]):
+        f.write(json.dumps({'step': 10 * (i + 1), 'split': 'train', 'loss': 3.0, 'tokens_per_sec': tps}) + '\n')
+      f.write(json.dumps({'step': 100, 'split': 'eval', 'loss': 2.0, 'perplexity': 7.39}) + '\n')
+    ppl = PPL[arm['name']]
+    if evaluated and ppl:
+      _write(os.path.join(d, 'eval_lengths.json'), {
+          'step': 100, 'train_length': TRAIN_LEN, 'max_tokens': 1024,
+          'lengths': {str(n): {'non_overlapping': _eval_entry(p, n, False), 'sliding': _eval_entry(p * 0.9, n, True)}
+                      for n, p in zip(LENGTHS, ppl)}})
+  return str(root)
+
+
+def _row(table, scheme):
+  return next([c.strip() for c in line.strip('|').split('|')] for line in table.splitlines()
+              if line.startswith(f'| {scheme} '))
+
+
+def test_report_cli_writes_tables_and_plots(tmp_path):
+  workdir = make_sweep(tmp_path / 'sweep')
+  r = run_cli('launch.report', f'--workdir={workdir}')
+  assert r.returncode == 0, r.stderr
+  assert f'{workdir}/report.md' in r.stdout and '| rope ' in r.stdout
+  with open(os.path.join(workdir, 'report.md')) as f:
+    md = f.read()
+  assert md.startswith('# ') and 'experiments/positional.py' in md and 'length 64' in md
+
+  table1 = md.split('## Table 1')[1].split('## Table 2')[0]
+  header = [c.strip() for c in table1.strip().splitlines()[2].strip('|').split('|')]
+  assert header == ['scheme', '1x (64)', '1.5x (96)', '2x (128)', 'train tokens/s', 'params']
+  # rope: 10 and 12 -> mean 11, sample std sqrt(2); alibi has one evaluated seed: no std.
+  assert _row(table1, 'rope') == ['rope', '11.00 ± 1.41', '22.00 ± 2.83', '42.00 ± 2.83', '3,500', '1.23M']
+  assert _row(table1, 'alibi') == ['alibi', '11.00', '11.50', '12.00', '1,000', '1.23M']
+  # Fixed scheme order: rope before alibi, whatever sweep.json's order.
+  assert table1.index('| rope ') < table1.index('| alibi ')
+  assert 'alibi-s1: not evaluated (no eval_lengths.json)' in table1
+
+  table2 = md.split('## Table 2')[1].split('## Table 3')[0]
+  assert _row(table2, 'rope')[1] == '9.90 ± 1.27'  # 0.9 x (10, 12)
+  table3 = md.split('## Table 3')[1].split('## Table 4')[0]
+  assert len(_row(table3, 'rope')) == 3  # scheme, 1x, the longest length
+  table4 = md.split('## Table 4')[1].split('## Published')[0]
+  assert _row(table4, 'rope')[1:] == ['1.00 ± 0.00', '2.00 ± 0.00', '3.83 ± 0.24']
+  published = md.split('## Published')[1]
+  assert '453.32 (23.44x)' in published and 'OOM' in published
+
+  for name in ('extrapolation.png', 'per_position.png'):
+    with open(os.path.join(workdir, name), 'rb') as f:
+      assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+    assert os.path.getsize(os.path.join(workdir, name)) > 10_000
+
+
+def test_report_is_deterministic_and_skips_stale_evals(tmp_path):
+  workdir = make_sweep(tmp_path / 'sweep')
+  first = report.write_report(workdir)
+  with open(first['report']) as f:
+    md = f.read()
+  report.write_report(workdir)
+  with open(first['report']) as f:
+    assert f.read() == md
+
+  # An evaluation of an older checkpoint than the run's last is not that run's result.
+  path = os.path.join(workdir, 'rope-s1', 'summary.json')
+  with open(path) as f:
+    summary = json.load(f)
+  _write(path, dict(summary, step=200))
+  sweep = report.load_sweep(workdir)
+  assert [a.name for a in sweep.arms] == ['rope-s0', 'alibi-s0']
+  assert dict(sweep.missing)['rope-s1'] == 'eval_lengths.json is from step 100, the run ended at step 200'
+
+
+def test_tokens_per_sec_leaves_out_the_first_train_row(tmp_path):
+  workdir = make_sweep(tmp_path / 'sweep')
+  assert report.train_tokens_per_sec(os.path.join(workdir, 'rope-s0', 'metrics.jsonl')) == 3000.0
+  assert report.train_tokens_per_sec(os.path.join(workdir, 'nowhere.jsonl')) is None
+
+
+def test_group_order():
+  assert report.group_order({'zeta', 'alibi', 'learned', 'abs', 'rope'}) == ['learned', 'rope', 'alibi', 'abs', 'zeta']
+
+
+@pytest.mark.parametrize('case', ['no_dir', 'no_sweep', 'no_eval'])
+def test_report_errors(tmp_path, case):
+  workdir = str(tmp_path / 'sweep')
+  expected = {
+      'no_dir': f'error: --workdir={workdir}: no such directory',
+      'no_sweep': f'error: --workdir={workdir} holds no sweep (no sweep.json); run launch.sweep first',
+      'no_eval': f'error: --workdir={workdir}: no arm has eval_lengths.json yet; run launch.evaluate on each arm',
+  }[case]
+  if case == 'no_sweep':
+    os.makedirs(workdir)
+  if case == 'no_eval':
+    make_sweep(workdir, evaluated=False)
+  r = run_cli('launch.report', f'--workdir={workdir}')
+  assert r.returncode == 2 and r.stderr.strip() == expected, r.stderr
