@@ -29,7 +29,6 @@ def main(argv):
     cli.fail('--steps and --repeats must be at least 1')
   import jax
   from research import config as config_lib, parallel
-  from research.objectives.causal_lm import causal_lm_batch
   from research.train import flops, loop
 
   # Measured first, while nothing else of ours is using the cores.
@@ -42,7 +41,7 @@ def main(argv):
   state = tr.init(jax.random.PRNGKey(resolved.seed))
 
   def batch(step):
-    return jax.device_put(causal_lm_batch(data.train.batch(step)), tr.batch_sh)
+    return jax.device_put(data.train_batch(step), tr.batch_sh)
 
   t = time.perf_counter()
   step_fn = tr.train_fn.lower(state, batch(0)).compile()
@@ -61,7 +60,7 @@ def main(argv):
   t = time.perf_counter()
   n = 0
   while time.perf_counter() - t < 1.0:
-    causal_lm_batch(data.train.batch(n))
+    data.train_batch(n)
     n += 1
   loader_bps = n / (time.perf_counter() - t)
 

@@ -5,7 +5,7 @@
 Finished arms are skipped, unfinished ones resume from their checkpoints, so re-running the
 command after an interruption continues the sweep. `--config.a.b=v` overrides apply to every arm.
 When the config file defines EVALUATE, each arm is then evaluated at those lengths
-(launch.evaluate). Afterwards: python -m launch.report --workdir=<workdir>.
+(launch.evaluate); when it defines evaluate_arm(workdir, summary), that is called per arm. Afterwards: python -m launch.report --workdir=<workdir>.
 """
 
 import json
@@ -69,6 +69,8 @@ def main(argv):
       print(f'stopped in {arm.name}; re-run the same command to continue the sweep',
             file=sys.stderr)
       return
+    if hasattr(module, 'evaluate_arm'):  # a probe of the config's own (e.g. accuracy by depth)
+      module.evaluate_arm(workdir, summary)
     if evaluation:
       done = os.path.join(workdir, 'eval_lengths.json')
       if os.path.exists(done):

@@ -66,6 +66,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.eval_fraction = 0.05  # held-out documents for non-default sources (default: fixed books)
   c.data.tokenizer = 'byte'  # 'byte', 'bpe' (trained on the train split), or a .tiktoken path
   c.data.vocab_size = 4096  # for data.tokenizer='bpe', including the end-of-text token
+  # data.source='kv_retrieval': the synthetic key-value retrieval probe (lost in the middle):
+  # kv_pairs pairs of kv_key_len-symbol keys and kv_value_len-symbol values, then a query key.
+  c.data.kv_pairs = 20
+  c.data.kv_key_len = 2
+  c.data.kv_value_len = 2
   c.data.seq_len = 256
   c.data.document_mask = True  # attention stays inside each packed document
   c.data.cache_dir = '.cache'  # token caches and trained tokenizers, shared by every run
@@ -147,6 +152,7 @@ def validate(config) -> None:
   for key in ('model.num_layers', 'model.d_model', 'model.num_heads', 'data.seq_len',
               'train.steps', 'train.batch_size', 'train.log_every', 'eval.every_steps',
               'eval.max_batches', 'checkpoint.every_steps', 'checkpoint.keep',
+              'data.kv_pairs', 'data.kv_key_len', 'data.kv_value_len',
               'model.t5_num_buckets', 'model.t5_max_distance', 'model.shaw_max_distance'):
     need(isinstance(given[key], int) and given[key] > 0, key, 'must be a positive integer')
   for key in ('model.num_kv_heads', 'model.head_dim', 'model.d_ff', 'model.max_len',

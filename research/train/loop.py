@@ -48,14 +48,29 @@ class Reporter:
 @dataclasses.dataclass
 class Data:
   tokenizer: object
-  train: loader_lib.Loader
+  train: object  # .batch(step, process_index=, process_count=) -> this process's rows or Batch
+  objective: object  # rows -> Batch (identity when the loader makes Batches itself)
   eval_batches: list
   split: dict
   unigram_bits: float  # entropy of the held-out bytes' unigram distribution, bits per byte
 
+  def train_batch(self, step: int) -> dict:
+    """This process's part of the global Batch for `step`."""
+    return self.objective(self.train.batch(step, process_index=jax.process_index(),
+                                           process_count=jax.process_count()))
+
+
+def _local_slice(batch: dict) -> dict:
+  """This process's contiguous rows of a global batch, as the train loader gives them."""
+  per = len(next(iter(batch.values()))) // jax.process_count()
+  i = jax.process_index()
+  return {k: v[i * per:(i + 1) * per] for k, v in batch.items()}
+
 
 def prepare_data(config) -> Data:
   d = config.data
+  if d.source == 'kv_retrieval':
+    return _kv_retrieval_data(config)
   corpus = sources.load_corpus(d.source, text_field=d.text_field, eval_fraction=d.eval_fraction)
   try:
     tok = tokenizers.build_tokenizer(d.tokenizer, vocab_size=d.vocab_size, corpus=corpus,
@@ -64,7 +79,6 @@ def prepare_data(config) -> Data:
   except OSError as e:
     raise ConfigError(f'data.cache_dir={d.cache_dir}: cannot write the cache there '
                       f'({e.strerror or e})') from None
-  n = jax.process_count()
   train = loader_lib.Loader(streams['train'], seq_len=d.seq_len, batch_size=config.train.batch_size,
                             seed=config.seed, document_mask=d.document_mask)
   rows = loader_lib.eval_rows(streams['eval'], seq_len=d.seq_len,
@@ -79,13 +93,29 @@ def prepare_data(config) -> Data:
     if pad:  # a short last batch: padded rows predict nothing and attend nothing
       batch = {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)])
                for k, v in batch.items()}
-    # Each process keeps its slice of every global batch, as for training.
-    per = b // n
-    eval_batches.append({k: v[jax.process_index() * per:(jax.process_index() + 1) * per]
-                         for k, v in batch.items()})
+    eval_batches.append(_local_slice(batch))
   # The baseline is measured on exactly the text the eval rows predict.
   evaluated = [tok.decode(row[1:]) for row in rows['tokens']]
-  return Data(tok, train, eval_batches, corpus.split, byte_unigram_bits(evaluated))
+  return Data(tok, train, causal_lm_batch, eval_batches, corpus.split,
+              byte_unigram_bits(evaluated))
+
+
+def _kv_retrieval_data(config) -> Data:
+  """The synthetic key-value retrieval task (lost in the middle): no corpus, no tokenizer."""
+  from research.objectives import kv_retrieval as kv
+  d, b = config.data, config.train.batch_size
+  shape = dict(seq_len=d.seq_len, num_pairs=d.kv_pairs, key_len=d.kv_key_len,
+               value_len=d.kv_value_len)
+  train = kv.KvLoader(seed=config.seed, batch_size=b, **shape)
+  eval_batches = [kv.kv_batch(config.seed, i, batch_size=b, split='eval', **shape)
+                  for i in range(config.eval.max_batches)]
+  # The baseline: bits per predicted symbol of a model that knows only the symbol frequencies.
+  targets = np.concatenate([e['targets'][e['loss_mask'] > 0] for e in eval_batches])
+  p = np.bincount(targets) / len(targets)
+  p = p[p > 0]
+  split = {'source': 'kv_retrieval', 'eval': 'a disjoint random stream', **shape}
+  return Data(kv.SyntheticTokenizer(), train, lambda batch: batch,
+              [_local_slice(e) for e in eval_batches], split, float(-(p * np.log2(p)).sum()))
 
 
 def byte_unigram_bits(texts) -> float:
@@ -226,8 +256,8 @@ def train(config, workdir: str, *, overwrite: bool = False, reporter: Reporter |
       if os.path.exists(ranks + '.json'):
         shutil.copyfile(ranks + '.json', os.path.join(workdir, 'tokenizer.tiktoken.json'))
   reporter.message(f'data ready in {time.time() - t0:.1f}s: tokenizer {data.tokenizer.name} '
-                   f'({data.tokenizer.vocab_size} tokens), {data.train.num_rows} training rows '
-                   f'of {config.data.seq_len}, {len(data.eval_batches)} eval batches')
+                   f'({data.tokenizer.vocab_size} tokens), rows of {config.data.seq_len}, '
+                   f'{len(data.eval_batches)} eval batches')
   with nn.logical_axis_rules(tr.rules):
     ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'),
                                  keep=resolved.checkpoint.keep)
@@ -252,9 +282,7 @@ def train(config, workdir: str, *, overwrite: bool = False, reporter: Reporter |
           lambda x: jax.make_array_from_process_local_data(batch_sh, x), local)
 
     def batch_at(step):
-      rows = data.train.batch(step, process_index=jax.process_index(),
-                              process_count=jax.process_count())
-      return global_batch(causal_lm_batch(rows))
+      return global_batch(data.train_batch(step))
 
     total = resolved.train.steps
     next_batch = batch_at(start) if start < total else None
