@@ -19,6 +19,7 @@ import os
 from typing import Optional
 
 import numpy as np
+from matplotlib import ticker
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -360,10 +361,16 @@ def plot_extrapolation(sweep: Sweep, path: str):
     paper.plot(*zip(*pts), label=PUBLISHED_NAMES[scheme], **_style(scheme, order))
   ours.set_title(f'this sweep (trained at L={L})')
   paper.set_title(f'Press et al. 2022, WikiText-103 (L={PUBLISHED_TRAIN_LENGTH})')
+  ticks = {ours: [n / L for n in eval_lengths(sweep.arms)], paper: [1, 2, 4, 8, 16]}
   for ax in (ours, paper):
     # Log x: the paper's lengths run to ~16x, which would crush the short ones on a linear axis.
-    ax.set_xscale('log', base=2)
+    ax.set_xscale('log')
     ax.set_yscale('log')
+    ax.set_xticks(ticks[ax], [f'{t:g}x' for t in ticks[ax]])
+    ax.xaxis.set_minor_locator(ticker.NullLocator())
+    # Plain numbers on the log y axis: perplexities read better as 40 than as 4×10^1.
+    ax.yaxis.set_major_formatter(ticker.LogFormatter(labelOnlyBase=False))
+    ax.yaxis.set_minor_formatter(ticker.LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
     ax.set_xlabel('evaluation length / training length')
     ax.set_ylabel('perplexity (non-overlapping)')
     ax.axvline(1.0, color='grey', linewidth=0.8, linestyle=':')

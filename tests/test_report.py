@@ -103,12 +103,11 @@ def test_report_cli_writes_tables_and_plots(tmp_path):
 
 def test_report_is_deterministic_and_skips_stale_evals(tmp_path):
   workdir = make_sweep(tmp_path / 'sweep')
-  first = report.write_report(workdir)
-  with open(first['report']) as f:
-    md = f.read()
-  report.write_report(workdir)
-  with open(first['report']) as f:
-    assert f.read() == md
+  def written(out):
+    return [open(out[k], 'rb').read() for k in ('report', 'extrapolation', 'per_position')]
+
+  first = written(report.write_report(workdir))
+  assert written(report.write_report(workdir)) == first
 
   # An evaluation of an older checkpoint than the run's last is not that run's result.
   path = os.path.join(workdir, 'rope-s1', 'summary.json')

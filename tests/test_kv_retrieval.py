@@ -1,0 +1,127 @@
+"""The synthetic key-value retrieval probe: batch layout, determinism, depths, exact match."""
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+from research import config as config_lib
+from research.errors import ConfigError
+from research.model.transformer import Decoder, ModelConfig
+from research.objectives import kv_retrieval as kv
+
+SHAPE = dict(seq_len=48, num_pairs=5, key_len=2, value_len=3)
+ROW = 1 + 5 * (2 + 1 + 3 + 1) + 1 + 2 + 1 + 3  # eot, pairs, QUERY key : value
+
+
+def test_sequence_length():
+  assert kv.sequence_length(5, 2, 3) == ROW
+  assert kv.sequence_length(20, 2, 2) == 127
+
+
+def test_batch_layout():
+  b = kv.kv_batch(0, 3, batch_size=16, **SHAPE)
+  n, k, v, t = SHAPE['num_pairs'], SHAPE['key_len'], SHAPE['value_len'], SHAPE['seq_len']
+  assert {x: b[x].dtype for x in b} == {'inputs': np.int32, 'targets': np.int32,
+                                        'segment_ids': np.int32, 'positions': np.int32,
+                                        'loss_mask': np.float32}
+  assert all(x.shape == (16, t) for x in b.values())
+  np.testing.assert_array_equal(b['inputs'][:, 1:], b['targets'][:, :-1])
+  seq = np.concatenate([b['inputs'], b['targets'][:, -1:]], axis=1)
+  assert (seq[:, 0] == kv.EOT).all()
+  pairs = seq[:, 1:1 + n * (k + v + 2)].reshape(16, n, k + v + 2)
+  assert (pairs[:, :, k] == kv.KV_SEP).all() and (pairs[:, :, -1] == kv.PAIR_SEP).all()
+  keys, values = pairs[:, :, :k], pairs[:, :, k + 1:k + 1 + v]
+  assert (keys < kv.NUM_SYMBOLS).all() and (values < kv.NUM_SYMBOLS).all()
+  for row in keys:
+    assert len({tuple(key) for key in row}) == n
+  query = seq[:, 1 + n * (k + v + 2):ROW]
+  assert (query[:, 0] == kv.QUERY).all() and (query[:, 1 + k] == kv.KV_SEP).all()
+  gold = [[tuple(key) for key in row].index(tuple(q)) for row, q in zip(keys, query[:, 1:1 + k])]
+  np.testing.assert_array_equal(query[:, 2 + k:], values[np.arange(16), gold])
+  # Exactly the query's value tokens are scored, and they are the gold value.
+  assert (b['loss_mask'].sum(1) == v).all()
+  np.testing.assert_array_equal(b['targets'][b['loss_mask'] > 0].reshape(16, v),
+                                values[np.arange(16), gold])
+  real = np.arange(t) < ROW
+  assert (b['segment_ids'] == real).all()
+  assert (b['positions'] == np.where(real, np.arange(t), 0)).all()
+  assert (b['loss_mask'][:, ~real] == 0).all()
+  assert len(set(gold)) > 1  # gold=None draws the depth per row
+
+
+def test_determinism_gold_and_splits():
+  a, again = (kv.kv_batch(1, 7, batch_size=8, **SHAPE) for _ in range(2))
+  for key in a:
+    np.testing.assert_array_equal(a[key], again[key])
+  assert (a['inputs'] != kv.kv_batch(1, 8, batch_size=8, **SHAPE)['inputs']).any()
+  assert (a['inputs'] != kv.kv_batch(1, 7, batch_size=8, split='eval', **SHAPE)['inputs']).any()
+  at = kv.kv_batch(1, 7, batch_size=8, gold=3, **SHAPE)
+  per = 2 + SHAPE['key_len'] + SHAPE['value_len']
+  key3 = at['inputs'][:, 1 + 3 * per:1 + 3 * per + SHAPE['key_len']]
+  np.testing.assert_array_equal(at['inputs'][:, ROW - 6:ROW - 4], key3)  # QUERY key : value
+  # Only the query changes with gold: the pair lists are the same.
+  np.testing.assert_array_equal(at['inputs'][:, :ROW - 6], a['inputs'][:, :ROW - 6])
+  with pytest.raises(ConfigError):
+    kv.kv_batch(1, 7, batch_size=8, gold=5, **SHAPE)
+
+
+def test_loader_process_slices():
+  loader = kv.KvLoader(seed=2, batch_size=8, **SHAPE)
+  whole = loader.batch(4)
+  parts = [loader.batch(4, process_index=i, process_count=4) for i in range(4)]
+  for key in whole:
+    np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), whole[key])
+  np.testing.assert_array_equal(whole['inputs'], kv.kv_batch(2, 4, batch_size=8, **SHAPE)['inputs'])
+
+
+def test_too_long_config_names_seq_len():
+  with pytest.raises(ConfigError, match=r'data\.seq_len=100.*127 tokens.*at least 126'):
+    kv.KvLoader(seed=0, seq_len=100, batch_size=2, num_pairs=20, key_len=2, value_len=2)
+  kv.kv_batch(0, 0, batch_size=2, seq_len=126, num_pairs=20, key_len=2, value_len=2)
+  with pytest.raises(ConfigError, match='kv_key_len'):
+    kv.kv_batch(0, 0, batch_size=2, seq_len=500, num_pairs=65, key_len=1, value_len=1)
+
+
+def test_dense_keys_are_distinct():
+  b = kv.kv_batch(0, 0, batch_size=4, seq_len=250, num_pairs=60, key_len=1, value_len=1)
+  keys = b['inputs'][:, 1:1 + 60 * 4:4]
+  assert all(len(set(row)) == 60 for row in keys)
+
+
+def test_depths():
+  assert kv.depths(20) == [0, 5, 10, 14, 19]
+  assert kv.depths(3) == [0, 1, 2]
+
+
+def test_tokenizer():
+  tok = kv.SyntheticTokenizer()
+  assert tok.vocab_size == kv.VOCAB_SIZE == 68 and tok.eot_id == kv.EOT
+  assert (tok.token_byte_lengths() == 1).all() and len(tok.token_byte_lengths()) == 68
+  assert tok.decode([kv.EOT, 10, 3, kv.KV_SEP, 15, 0, kv.PAIR_SEP, kv.QUERY, 10, 3, kv.KV_SEP]) == \
+      'a3 : f0 ; ? a3 :'
+  with pytest.raises(ConfigError):
+    tok.encode('a3')
+
+
+def test_exact_match_counts_whole_values():
+  targets = np.array([[1, 2, 3, 4], [1, 2, 3, 4], [1, 2, 3, 4]])
+  mask = np.array([[0, 1, 1, 0]] * 3, np.float32)
+  pred = targets.copy()
+  pred[1, 2] = 0  # one wrong scored token: the row fails
+  pred[2, 0] = 0  # a wrong unscored token: the row still counts
+  logits = np.eye(5)[pred]
+  np.testing.assert_array_equal(kv._exact_match(logits, targets, mask), [True, False, True])
+
+
+def test_depth_accuracy_on_untrained_model():
+  c = config_lib.default_config()
+  c.model.num_layers, c.model.d_model, c.model.num_heads = 1, 32, 2
+  c.data.seq_len = SHAPE['seq_len']
+  model = Decoder(ModelConfig.from_config(config_lib.resolve(c, vocab_size=kv.VOCAB_SIZE)))
+  ids = np.zeros((1, SHAPE['seq_len']), np.int32)
+  params = nn.meta.unbox(model.init(jax.random.PRNGKey(0), ids, ids, ids + 1)['params'])
+  out = kv.depth_accuracy(model, params, seed=0, rows=6, batch_size=4, **SHAPE)
+  assert out['depths'] == kv.depths(5) and out['rows'] == 6 and out['num_pairs'] == 5
+  assert len(out['accuracy']) == len(out['depths'])
+  assert all(0 <= a <= 1 for a in out['accuracy'])
