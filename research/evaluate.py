@@ -15,7 +15,6 @@ import math
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from research import config as config_lib
@@ -28,13 +27,27 @@ from research.train import loop
 from research.train import step as step_lib
 
 
-def load_run(workdir: str):
-  """(resolved config, trainer, params, tokenizer, eval stream) of the run in workdir."""
+def restore_run(workdir: str):
+  """(resolved config, trainer, params, step) of the last checkpoint of the run in workdir."""
   path = os.path.join(workdir, 'config.json')
   if not os.path.exists(path):
     raise ConfigError(f'--workdir={workdir} holds no run (no config.json)')
-  workdir = os.path.abspath(workdir)  # orbax wants absolute paths
   resolved = config_lib.load_json(path)
+  tr = loop.make_trainer(resolved, parallel.make_mesh(resolved.mesh.shape))
+  ckpt = ckpt_lib.Checkpointer(os.path.join(os.path.abspath(workdir), 'checkpoints'),
+                               keep=resolved.checkpoint.keep)  # orbax wants absolute paths
+  step = ckpt.latest_step()
+  if step is None:
+    raise ConfigError(f'--workdir={workdir} holds no checkpoint yet')
+  abstract = ckpt_lib.abstract_like(jax.eval_shape(tr.init, jax.random.PRNGKey(0)), tr.state_sh)
+  state, _ = ckpt.restore(step, abstract)
+  ckpt.close()
+  return resolved, tr, state.params, step
+
+
+def load_run(workdir: str):
+  """(resolved config, trainer, params, tokenizer, eval stream, step) of the run in workdir."""
+  resolved, tr, params, step = restore_run(workdir)
   d = resolved.data
   corpus = sources.load_corpus(d.source, text_field=d.text_field, eval_fraction=d.eval_fraction)
   ranks = os.path.join(workdir, 'tokenizer.tiktoken')
@@ -42,16 +55,7 @@ def load_run(workdir: str):
          tokenizers.build_tokenizer(d.tokenizer, vocab_size=d.vocab_size, corpus=corpus,
                                     cache_dir=d.cache_dir))
   stream = cache.cached_streams(corpus, tok, d.cache_dir)['eval']
-  mesh = parallel.make_mesh(resolved.mesh.shape)
-  tr = loop.make_trainer(resolved, mesh)
-  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), keep=resolved.checkpoint.keep)
-  step = ckpt.latest_step()
-  if step is None:
-    raise ConfigError(f'--workdir={workdir} holds no checkpoint yet')
-  abstract = ckpt_lib.abstract_like(jax.eval_shape(tr.init, jax.random.PRNGKey(0)), tr.state_sh)
-  state, _ = ckpt.restore(step, abstract)
-  ckpt.close()
-  return resolved, tr, state.params, tok, stream, step
+  return resolved, tr, params, tok, stream, step
 
 
 @functools.partial(jax.jit, static_argnames=('model',))

@@ -125,3 +125,23 @@ def test_depth_accuracy_on_untrained_model():
   assert out['depths'] == kv.depths(5) and out['rows'] == 6 and out['num_pairs'] == 5
   assert len(out['accuracy']) == len(out['depths'])
   assert all(0 <= a <= 1 for a in out['accuracy'])
+
+
+def test_train_and_score_through_the_cli(tmp_path):
+  """data.source=kv_retrieval trains through launch.train; the run is then scored by depth."""
+  import json
+  import os
+  from tests.conftest import run_cli
+  workdir = str(tmp_path / 'kv')
+  r = run_cli('launch.train', '--config=experiments/positional/lost_in_middle.py:cpu',
+              f'--workdir={workdir}', '--progress=false', '--config.train.steps=6',
+              '--config.train.warmup_steps=1', '--config.model.num_layers=1',
+              '--config.model.d_model=32', '--config.train.batch_size=8',
+              '--config.eval.every_steps=6', '--config.train.log_every=3')
+  assert r.returncode == 0, r.stderr
+  with open(os.path.join(workdir, 'summary.json')) as f:
+    summary = json.load(f)
+  assert summary['vocab_size'] == kv.VOCAB_SIZE and summary['tokens_seen'] == 6 * 8 * 64
+  out = kv.evaluate_run(workdir, rows=16)
+  assert out['depths'] == kv.depths(10) and len(out['accuracy']) == len(out['depths'])
+  assert os.path.exists(os.path.join(workdir, 'kv_depths.json'))

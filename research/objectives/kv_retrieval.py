@@ -19,11 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from research import config as config_lib
-from research import parallel
 from research.errors import ConfigError
-from research.train import checkpoint as ckpt_lib
-from research.train import loop
+from research.evaluate import restore_run
 
 NUM_SYMBOLS = 64
 EOT = 64  # also the beginning of every row, and the padding id
@@ -227,28 +224,13 @@ def depth_accuracy(model, params, *, seed: int, seq_len: int, num_pairs: int, ke
 def evaluate_run(workdir: str, *, rows: int = 256) -> dict:
   """Depth accuracy of the kv retrieval run in workdir at its latest checkpoint; writes
   <workdir>/kv_depths.json and returns its content."""
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
-    raise ConfigError(f'--workdir={workdir} holds no run (no config.json)')
-  workdir = os.path.abspath(workdir)  # orbax wants absolute paths
-  resolved = config_lib.load_json(path)
+  resolved, tr, params, step = restore_run(workdir)
   d = resolved.data
   if resolved.model.vocab_size != VOCAB_SIZE:
     raise ConfigError(f'--workdir={workdir}: a run on data.source={d.source} '
                       f'(model.vocab_size={resolved.model.vocab_size}), not a kv_retrieval run')
-  # Configs written before these keys existed ran with their defaults.
-  shape = dict(num_pairs=int(d.get('kv_pairs', 20)), key_len=int(d.get('kv_key_len', 2)),
-               value_len=int(d.get('kv_value_len', 2)))
-  mesh = parallel.make_mesh(resolved.mesh.shape)
-  tr = loop.make_trainer(resolved, mesh)
-  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), keep=resolved.checkpoint.keep)
-  step = ckpt.latest_step()
-  if step is None:
-    raise ConfigError(f'--workdir={workdir} holds no checkpoint yet')
-  abstract = ckpt_lib.abstract_like(jax.eval_shape(tr.init, jax.random.PRNGKey(0)), tr.state_sh)
-  state, _ = ckpt.restore(step, abstract)
-  ckpt.close()
-  result = depth_accuracy(tr.model, state.params, seed=resolved.seed, seq_len=d.seq_len,
+  shape = dict(num_pairs=d.kv_pairs, key_len=d.kv_key_len, value_len=d.kv_value_len)
+  result = depth_accuracy(tr.model, params, seed=resolved.seed, seq_len=d.seq_len,
                           rows=rows, batch_size=resolved.train.batch_size, **shape)
   result = {'step': step, 'seq_len': d.seq_len, **shape, **result}
   tmp = os.path.join(workdir, 'kv_depths.json.tmp')
