@@ -4,7 +4,8 @@
 
 Reads <workdir>/sweep.json and each arm's summary.json, metrics.jsonl and eval_lengths.json
 (launch.evaluate); writes <workdir>/report.md (perplexity by scheme and evaluation length, mean ±
-std over seeds, beside the published ALiBi numbers), extrapolation.png and per_position.png.
+std over seeds, beside the published ALiBi numbers), extrapolation.png and per_position.png;
+for a sweep of key-value retrieval arms (kv_depths.json), accuracy by depth and depth_accuracy.png.
 Arms not yet finished or evaluated are named under the first table, so it can run mid-sweep.
 """
 
@@ -25,7 +26,7 @@ def main(argv):
   print(out['table'])
   if out['missing']:
     print(f'missing: {", ".join(name for name, _ in out["missing"])}')
-  print(f'written to {out["report"]} (plots: {out["extrapolation"]}, {out["per_position"]})')
+  print(f'written to {out["report"]} (plots: {", ".join(out["plots"])})')
 
 
 if __name__ == '__main__':

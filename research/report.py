@@ -400,17 +400,91 @@ def plot_per_position(sweep: Sweep, path: str):
 
 
 def write_report(workdir: str) -> dict:
-  """Writes report.md, extrapolation.png and per_position.png into workdir; returns their paths
-  and the main table."""
+  """Writes report.md and its plots into workdir; returns their paths and the main table. A sweep
+  of kv-retrieval arms gets the depth report, any other the length-extrapolation report."""
+  if has_depth_results(workdir):
+    return write_depth_report(workdir)
   sweep = load_sweep(workdir)
   out = {'report': os.path.join(workdir, 'report.md'),
-         'extrapolation': os.path.join(workdir, 'extrapolation.png'),
-         'per_position': os.path.join(workdir, 'per_position.png'),
+         'plots': [os.path.join(workdir, 'extrapolation.png'),
+                   os.path.join(workdir, 'per_position.png')],
          'table': perplexity_table(sweep), 'missing': sweep.missing}
-  plot_extrapolation(sweep, out['extrapolation'])
-  plot_per_position(sweep, out['per_position'])
+  plot_extrapolation(sweep, out['plots'][0])
+  plot_per_position(sweep, out['plots'][1])
   tmp = out['report'] + '.tmp'
   with open(tmp, 'w') as f:
     f.write(render(sweep))
+  os.replace(tmp, out['report'])
+  return out
+
+
+# Lost in the middle: arms scored by research/objectives/kv_retrieval.evaluate_run.
+
+def has_depth_results(workdir: str) -> bool:
+  spec_path = os.path.join(workdir, 'sweep.json')
+  if not os.path.exists(spec_path):
+    return False
+  return any(os.path.exists(os.path.join(workdir, e['name'], 'kv_depths.json'))
+             for e in _read_json(spec_path).get('arms', []))
+
+
+def load_depths(workdir: str):
+  """({group: [kv_depths.json of each scored arm]}, [(arm, why missing)], config)."""
+  spec = _read_json(os.path.join(workdir, 'sweep.json'))
+  groups, missing = {}, []
+  for entry in spec['arms']:
+    path = os.path.join(workdir, entry['name'], 'kv_depths.json')
+    if os.path.exists(path):
+      groups.setdefault(entry.get('group') or entry['name'], []).append(_read_json(path))
+    else:
+      missing.append((entry['name'], 'not scored (no kv_depths.json)'))
+  return {g: groups[g] for g in group_order(groups)}, missing, spec.get('config', '?')
+
+
+def depth_table(groups) -> str:
+  depths = next(iter(groups.values()))[0]['depths']
+  n = next(iter(groups.values()))[0]['num_pairs']
+  header = ['scheme'] + [f'pair {d + 1} of {n}' for d in depths]
+  rows = [[g] + [format_cell([r['accuracy'][i] for r in runs], 3) for i in range(len(depths))]
+          for g, runs in groups.items()]
+  return markdown_table(header, rows)
+
+
+def plot_depths(groups, path: str):
+  fig = _new_figure(6.5, 4.2)
+  ax = fig.subplots()
+  for g, runs in groups.items():
+    depths = np.asarray(runs[0]['depths']) + 1
+    ax.plot(depths, np.mean([r['accuracy'] for r in runs], axis=0), label=g,
+            **_style(g, list(groups)))
+  ax.set_xlabel(f'position of the gold pair (of {runs[0]["num_pairs"]})')
+  ax.set_ylabel('exact-match accuracy')
+  ax.set_title('key-value retrieval accuracy by depth')
+  ax.grid(True, alpha=0.3)
+  ax.legend(fontsize=8)
+  _save(fig, path)
+
+
+def write_depth_report(workdir: str) -> dict:
+  """report.md and depth_accuracy.png for a sweep of kv-retrieval arms."""
+  groups, missing, config = load_depths(workdir)
+  first = next(iter(groups.values()))[0]
+  out = {'report': os.path.join(workdir, 'report.md'),
+         'plots': [os.path.join(workdir, 'depth_accuracy.png')],
+         'table': depth_table(groups), 'missing': missing}
+  plot_depths(groups, out['plots'][0])
+  text = '\n'.join([
+      '# Lost in the middle: key-value retrieval accuracy by depth', '',
+      f'Runs: `{config}`; {first["num_pairs"]} pairs (keys of {first["key_len"]} and values of '
+      f'{first["value_len"]} symbols out of 64), {first["rows"]} held-out rows per depth, exact '
+      'match of the value (teacher-forced argmax, the same as greedy decoding\'s exact match); '
+      'chance is 1/64. Mean ± std over seeds where there are several.', '',
+      out['table'], '',
+      *(['Missing: ' + '; '.join(f'{n}: {w}' for n, w in missing) + '.', ''] if missing else []),
+      'Liu et al. 2023 see a U shape (best at the start and the end of the context).', '',
+      '![accuracy by depth](depth_accuracy.png)', ''])
+  tmp = out['report'] + '.tmp'
+  with open(tmp, 'w') as f:
+    f.write(text)
   os.replace(tmp, out['report'])
   return out

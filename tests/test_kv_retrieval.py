@@ -141,7 +141,7 @@ def test_train_and_score_through_the_cli(tmp_path):
   assert r.returncode == 0, r.stderr
   with open(os.path.join(workdir, 'summary.json')) as f:
     summary = json.load(f)
-  assert summary['vocab_size'] == kv.VOCAB_SIZE and summary['tokens_seen'] == 6 * 8 * 64
+  assert summary['vocab_size'] == kv.VOCAB_SIZE and summary['tokens_seen'] == 6 * 8 * 32
   out = kv.evaluate_run(workdir, rows=16)
-  assert out['depths'] == kv.depths(10) and len(out['accuracy']) == len(out['depths'])
+  assert out['depths'] == kv.depths(6) and len(out['accuracy']) == len(out['depths'])
   assert os.path.exists(os.path.join(workdir, 'kv_depths.json'))

@@ -104,7 +104,7 @@ def test_report_cli_writes_tables_and_plots(tmp_path):
 def test_report_is_deterministic_and_skips_stale_evals(tmp_path):
   workdir = make_sweep(tmp_path / 'sweep')
   def written(out):
-    return [open(out[k], 'rb').read() for k in ('report', 'extrapolation', 'per_position')]
+    return [open(p, 'rb').read() for p in [out['report'], *out['plots']]]
 
   first = written(report.write_report(workdir))
   assert written(report.write_report(workdir)) == first
@@ -143,3 +143,25 @@ def test_report_errors(tmp_path, case):
     make_sweep(workdir, evaluated=False)
   r = run_cli('launch.report', f'--workdir={workdir}')
   assert r.returncode == 2 and r.stderr.strip() == expected, r.stderr
+
+
+def test_depth_report_for_kv_retrieval_arms(tmp_path):
+  arms = [('rope-s0', 'rope', [0.5, 0.2, 0.6]), ('rope-s1', 'rope', [0.7, 0.2, 0.4]),
+          ('alibi-s0', 'alibi', [0.1, 0.1, 0.1]), ('alibi-s1', 'alibi', None)]
+  _write(tmp_path / 'sweep.json', {'config': 'lim.py', 'arms': [
+      {'name': n, 'group': g, 'overrides': {}} for n, g, _ in arms]})
+  for name, _, acc in arms:
+    (tmp_path / name).mkdir()
+    if acc:
+      _write(tmp_path / name / 'kv_depths.json', {
+          'step': 10, 'seq_len': 32, 'num_pairs': 6, 'key_len': 1, 'value_len': 1,
+          'depths': [0, 2, 5], 'accuracy': acc, 'rows': 64})
+  out = report.write_report(str(tmp_path))
+  lines = out['table'].splitlines()
+  assert lines[0].split('|')[2].strip() == 'pair 1 of 6'
+  assert [c.strip() for c in lines[2].split('|')[1:-1]] == [
+      'rope', '0.600 ± 0.141', '0.200 ± 0.000', '0.500 ± 0.141']
+  assert [c.strip() for c in lines[3].split('|')[1:-1]] == ['alibi', '0.100', '0.100', '0.100']
+  assert out['missing'] == [('alibi-s1', 'not scored (no kv_depths.json)')]
+  assert os.path.getsize(out['plots'][0]) > 5000
+  assert 'Lost in the middle' in open(out['report']).read()

@@ -22,20 +22,22 @@ def get_config(preset='cpu'):
   c.sample.num_samples = 0
   if preset != 'cpu':
     raise ValueError(f'unknown preset {preset!r}: cpu')
-  c.data.kv_pairs = 10
-  c.data.kv_key_len = 2
+  # Calibrated on 2 cores (rope): 6 pairs of 1-symbol keys and values, 128 rows a step, so each
+  # step has 128 scored answers; loss fell from ln 64 to 2.58 in 1000 steps (2.5 minutes).
+  c.data.kv_pairs = 6
+  c.data.kv_key_len = 1
   c.data.kv_value_len = 1
-  c.data.seq_len = 64  # the task takes 1 + 10 * 5 + 5 = 56 tokens
+  c.data.seq_len = 32  # the task takes 1 + 6 * 4 + 4 = 29 tokens
   c.model.num_layers = 2
   c.model.d_model = 128
   c.model.num_heads = 4
-  c.train.batch_size = 32
-  c.train.steps = 600
-  c.train.learning_rate = 3e-3
+  c.train.batch_size = 128
+  c.train.steps = 1000
+  c.train.learning_rate = 1e-3
   c.train.warmup_steps = 50
-  c.eval.every_steps = 200
+  c.eval.every_steps = 500
   c.eval.max_batches = 4
-  c.checkpoint.every_steps = 200
+  c.checkpoint.every_steps = 500
   return c
 
 
