@@ -21,6 +21,8 @@ CHOICES = {
     'model.activation': ('relu', 'gelu', 'swiglu', 'geglu'),
     'model.positional': ('learned', 'sinusoidal', 'none', 'rope', 'alibi', 't5_bias', 'shaw'),
     'model.rope_layout': ('half', 'interleaved'),
+    'model.attention_impl': ('auto', 'einsum', 'blocked', 'jax_xla', 'jax_cudnn'),
+    'model.remat': ('none', 'full', 'dots', 'dots_no_batch'),
     'train.schedule': ('cosine', 'linear', 'rsqrt', 'constant'),
     'train.compute_dtype': ('float32', 'bfloat16'),  # float16 would need loss scaling
 }
@@ -59,6 +61,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.dropout = 0.0
   c.model.init_std = 0.02
   c.model.vocab_size = 0  # set from the tokenizer at start-up; a value here must match it
+  # How attention is computed; every choice gives the same values (research/model/attention.py).
+  # 'auto': cuDNN flash attention on GPU for 16-bit compute without shaw, else 'einsum'.
+  c.model.attention_impl = 'auto'
+  c.model.scan_layers = True  # one scanned block (compile time flat in depth) or a Python loop
+  c.model.remat = 'none'  # recompute each layer's activations in the backward: none/full/dots/...
 
   c.data = ml_collections.ConfigDict()
   c.data.source = 'default'  # 'default' (KJV Bible), a .txt/.jsonl file or folder, or hf:<builder>:<files>
@@ -108,9 +115,15 @@ def default_config() -> ml_collections.ConfigDict:
   c.sample.prompt = ''  # '' starts each sample from the end-of-text token
 
   c.mesh = ml_collections.ConfigDict()
-  c.mesh.shape = (-1, 1, 1)  # over ('data', 'fsdp', 'tensor'); -1 takes the remaining devices
-  # logical axis -> mesh axis (or None: replicated). Pure data parallelism by default.
-  c.mesh.rules = (('batch', ('data', 'fsdp')),)
+  # Over ('data', 'fsdp', 'tensor'); -1 takes the remaining devices. The rules below serve every
+  # layout; the shape picks one: (-1, 1, 1) pure data parallel (the default), (1, -1, 1) FSDP
+  # (parameters and optimizer state split over all devices, gathered layer by layer),
+  # (1, -1, T) FSDP with T-way tensor parallelism (heads, MLP and vocabulary split T ways).
+  c.mesh.shape = (-1, 1, 1)
+  # logical axis -> mesh axis, a tuple of them, or None (replicated); axes not named replicate.
+  # Activations use 'batch', 'length', 'heads', 'mlp', 'vocab' (their d_model axis is never split).
+  c.mesh.rules = (('batch', ('data', 'fsdp')), ('embed', 'fsdp'), ('vocab', 'tensor'),
+                  ('heads', 'tensor'), ('mlp', 'tensor'))
   return c
 
 
@@ -195,6 +208,9 @@ def validate(config) -> None:
          f'must be at least data.seq_len={config.data.seq_len}')
   need(config.train.warmup_steps <= config.train.steps, 'train.warmup_steps',
        f'must not exceed train.steps={config.train.steps}')
+  if m.positional == 'shaw':
+    need(m.attention_impl in ('auto', 'einsum', 'blocked'), 'model.attention_impl',
+         'jax.nn.dot_product_attention cannot add shaw relative vectors; use einsum or blocked')
   if config.data.tokenizer == 'bpe':
     need(config.data.vocab_size > 257, 'data.vocab_size',
          'must exceed 257 (256 bytes + end-of-text) for a trained BPE')
@@ -240,11 +256,24 @@ def normalized(config) -> dict:
   return json.loads(to_json(config))
 
 
+# Keys added after runs were written whose default changed what such a run is: a config.json
+# without the key was written by a run that had this value (the layers were a Python loop).
+LEGACY_VALUES = {'model.scan_layers': False}
+
+
+def _defaults_for_old_runs() -> dict:
+  d = normalized(default_config())
+  for key, value in LEGACY_VALUES.items():
+    section, name = key.split('.')
+    d[section][name] = value
+  return d
+
+
 def load_json(path: str) -> ml_collections.ConfigDict:
-  """A run's config.json; keys added since it was written take their defaults."""
+  """A run's config.json; keys added since it was written take their defaults (LEGACY_VALUES)."""
   with open(path) as f:
     saved = json.load(f)
-  merged = normalized(default_config())
+  merged = _defaults_for_old_runs()
   def merge(into, d):
     for k, v in d.items():
       if isinstance(v, dict) and isinstance(into.get(k), dict):
@@ -257,7 +286,8 @@ def load_json(path: str) -> ml_collections.ConfigDict:
 
 # Keys that do not change the trained model: a resumed run may change them (e.g. resume on
 # another mesh; orbax restores into the new shardings).
-NOT_RUN_IDENTITY = ('data.cache_dir', 'mesh.shape', 'mesh.rules', 'train.log_every',
+NOT_RUN_IDENTITY = ('data.cache_dir', 'mesh.shape', 'mesh.rules', 'model.attention_impl',
+                    'model.remat', 'train.log_every',
                     'eval.every_steps', 'checkpoint.every_steps', 'checkpoint.keep',
                     'sample.num_samples', 'sample.max_new_tokens', 'sample.temperature',
                     'sample.prompt')
@@ -266,11 +296,11 @@ NOT_RUN_IDENTITY = ('data.cache_dir', 'mesh.shape', 'mesh.rules', 'train.log_eve
 def config_diff(old: dict, new: dict) -> list:
   """Keys (but NOT_RUN_IDENTITY) whose values differ between two normalized configs, 'key: a -> b'.
 
-  A key missing from the old config (written before the key existed) counts as its default.
+  A key missing from the old config (written before the key existed) counts as its default, or
+  as its LEGACY_VALUES entry.
   """
   fa, fb = _flatten(old), _flatten(new)
-  defaults = normalized(default_config())
-  fd = _flatten(defaults)
+  fd = _flatten(_defaults_for_old_runs())
   for k in set(fb) - set(fa):
     if k in fd:
       fa[k] = fd[k]

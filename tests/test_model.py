@@ -83,8 +83,8 @@ def test_presets_and_parameter_layout():
   apply_preset(c, 'llama')
   assert (c.model.norm, c.model.activation, c.model.use_bias, c.model.tie_embeddings) == (
       'rmsnorm', 'swiglu', False, False)
-  model, params = make(**{k: c.model[k] for k in ('norm', 'activation', 'use_bias',
-                                                   'tie_embeddings', 'positional')})
+  model, params = make(scan_layers=False, **{k: c.model[k] for k in (
+      'norm', 'activation', 'use_bias', 'tie_embeddings', 'positional')})
   layer = params['layer_0']
   assert set(layer['mlp']) == {'wi', 'wi_gate', 'wo'}
   assert 'bias' not in layer['attention']['query'] and 'bias' not in layer['norm_mlp']
@@ -96,7 +96,7 @@ def test_presets_and_parameter_layout():
 
 
 def test_grouped_query_heads_shapes():
-  _, params = make(num_kv_heads=1)
+  _, params = make(num_kv_heads=1, scan_layers=False)
   att = params['layer_0']['attention']
   assert att['query']['kernel'].shape == (32, 4, 8)
   assert att['key']['kernel'].shape == (32, 1, 8) and att['value']['kernel'].shape == (32, 1, 8)
@@ -104,8 +104,8 @@ def test_grouped_query_heads_shapes():
 
 def test_gqa_equals_mha_with_repeated_kv_heads():
   """GQA with K heads is MHA whose key/value heads are each repeated N/K times."""
-  gqa, p = make(num_kv_heads=2)
-  mha, _ = make()
+  gqa, p = make(num_kv_heads=2, scan_layers=False)
+  mha, _ = make(scan_layers=False)
   q = jax.tree.map(lambda x: x, p)
   for i in range(2):
     att = q[f'layer_{i}']['attention']
@@ -119,6 +119,7 @@ def test_gqa_equals_mha_with_repeated_kv_heads():
 def test_every_parameter_has_logical_axes():
   c = config_lib.default_config()
   c.model.num_layers, c.model.d_model, c.model.num_heads, c.data.seq_len = 1, 32, 4, T
+  c.model.scan_layers = False
   model = Decoder(ModelConfig.from_config(config_lib.resolve(c, vocab_size=V)))
   ids = jnp.zeros((1, T), jnp.int32)
   boxed = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), ids, ids, ids + 1))['params']
@@ -146,6 +147,7 @@ def test_dropout_only_when_training():
 def test_bfloat16_compute_keeps_float32_params():
   c = config_lib.default_config()
   c.model.num_layers, c.model.d_model, c.model.num_heads, c.data.seq_len = 1, 32, 4, T
+  c.model.scan_layers = False
   c.train.compute_dtype = 'bfloat16'
   model = Decoder(ModelConfig.from_config(config_lib.resolve(c, vocab_size=V)))
   ids = jnp.zeros((1, T), jnp.int32)
@@ -154,3 +156,73 @@ def test_bfloat16_compute_keeps_float32_params():
   out = model.apply({'params': params}, ids, jnp.arange(T)[None], ids + 1)
   assert out.dtype == jnp.float32 and np.isfinite(np.asarray(out)).all()
 
+
+
+def test_scanned_layers_equal_the_python_loop():
+  """nn.scan stacks the loop's layers on a leading 'layers' axis; same params, same logits."""
+  loop, p_loop = make(scan_layers=False, dropout=0.0)
+  scan, p_scan = make(scan_layers=True)
+  assert set(p_scan) == {'embed', 'positional', 'layers', 'norm_final'}
+  assert p_scan['layers']['mlp']['wi']['kernel'].shape == (2, 32, 128)
+  stacked = {k: v for k, v in p_loop.items() if not k.startswith('layer_')}
+  stacked['layers'] = jax.tree.map(lambda *xs: jnp.stack(xs), p_loop['layer_0'],
+                                   p_loop['layer_1'])
+  x = np.random.RandomState(5).randint(0, V, (2, T))
+  np.testing.assert_allclose(logits(scan, stacked, x), logits(loop, p_loop, x), atol=1e-5)
+  ids = jnp.zeros((1, T), jnp.int32)
+  boxed = jax.eval_shape(lambda: scan.init(jax.random.PRNGKey(0), ids, ids, ids + 1))['params']
+  spec = nn.get_partition_spec(boxed)['layers']['attention']['query']['kernel']
+  assert spec == jax.sharding.PartitionSpec('layers', 'embed', 'heads', 'kv')
+
+
+@pytest.mark.parametrize('scan_layers', [False, True])
+@pytest.mark.parametrize('policy', ['full', 'dots', 'dots_no_batch'])
+def test_remat_keeps_values_and_gradients(policy, scan_layers):
+  plain, params = make(scan_layers=scan_layers)
+  remat, _ = make(scan_layers=scan_layers, remat=policy)
+  x = jnp.asarray(np.random.RandomState(6).randint(0, V, (2, T)), jnp.int32)
+
+  def loss(model, p):
+    return logits(model, p, x).astype(jnp.float32).std()
+
+  np.testing.assert_allclose(loss(remat, params), loss(plain, params), rtol=1e-6)
+  g_plain, g_remat = jax.grad(lambda p: loss(plain, p))(params), jax.grad(
+      lambda p: loss(remat, p))(params)
+  for a, b in zip(jax.tree.leaves(g_plain), jax.tree.leaves(g_remat)):
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize('positional', ['learned', 'rope', 'alibi', 't5_bias', 'shaw', 'none'])
+def test_attention_impls_give_the_same_values(positional):
+  """Every model.attention_impl computes the same function, on packed rows with padding."""
+  impls = ['einsum', 'blocked', 'jax_xla'] + ([] if positional == 'shaw' else ['auto'])
+  if positional == 'shaw':
+    impls.remove('jax_xla')
+  base, params = make(positional=positional, attention_impl='einsum')
+  tokens = np.random.RandomState(7).randint(0, V, (2, T))
+  segments = np.array([[1] * 5 + [2] * 7, [1] * 9 + [0] * 3])
+  positions = np.array([list(range(5)) + list(range(7)), list(range(9)) + [0] * 3])
+  want = logits(base, params, tokens, segments, positions)
+  grad_want = jax.grad(lambda p: logits(base, p, tokens, segments, positions).std())(params)
+  for impl in impls:
+    model, _ = make(positional=positional, attention_impl=impl)
+    got = logits(model, params, tokens, segments, positions)
+    np.testing.assert_allclose(got[segments > 0], want[segments > 0], atol=2e-5, err_msg=impl)
+    grad = jax.grad(lambda p: logits(model, p, tokens, segments, positions).std())(params)
+    for a, b in zip(jax.tree.leaves(grad_want), jax.tree.leaves(grad)):
+      np.testing.assert_allclose(a, b, atol=2e-5, err_msg=impl)
+
+
+def test_blocked_attention_skips_the_keys_after_each_query_block():
+  """Same output as the full product, from blocks that never see later keys."""
+  from research.model import attention
+  rng = np.random.RandomState(8)
+  q, k, v = (jnp.asarray(rng.randn(2, 16, 4, 8), jnp.float32) for _ in range(3))
+  mask = attention.attention_mask(jnp.ones((2, 16), jnp.int32))
+  full = attention.dot_product_attention(q, k, v, mask)
+  blocked = attention.blocked_causal_attention(q, k, v, mask, num_blocks=4)
+  np.testing.assert_allclose(blocked, full, atol=1e-6)
+  # A later key changed: the first block's output cannot move (it is never read there).
+  k2 = k.at[:, 12:].set(100.0)
+  np.testing.assert_allclose(attention.blocked_causal_attention(q, k2, v, mask)[:, :4],
+                             blocked[:, :4], atol=1e-6)

@@ -47,6 +47,7 @@ class Mlp(nn.Module):
     h_BTF = ACTIVATIONS[self.activation](dense('wi', self.d_ff, ('embed', 'mlp'), self.init_std)(x_BTD))
     if self.activation in GATED:
       h_BTF *= dense('wi_gate', self.d_ff, ('embed', 'mlp'), self.init_std)(x_BTD)
+    h_BTF = nn.with_logical_constraint(h_BTF, ('batch', 'length', 'mlp'))
     h_BTF = nn.Dropout(self.dropout)(h_BTF, deterministic=deterministic)
     out_BTD = dense('wo', d, ('mlp', 'embed'), self.out_init_std)(h_BTF)
     return nn.Dropout(self.dropout)(out_BTD, deterministic=deterministic)

@@ -99,6 +99,15 @@ def t5_relative_bucket(relative_position, *, bidirectional: bool, num_buckets: i
   return ret + jnp.where(n < max_exact, n, val_if_large)
 
 
+def transform_qk(cfg, q_BTNH, k_BTKH, positions_BT):
+  """The per-layer hook on queries and keys (rope); holds no parameters, so scanned layers and
+  any other transform can call it."""
+  if cfg.positional == 'rope':
+    kwargs = dict(theta=cfg.rope_theta, layout=cfg.rope_layout, fraction=cfg.rope_fraction)
+    return rope(q_BTNH, positions_BT, **kwargs), rope(k_BTKH, positions_BT, **kwargs)
+  return q_BTNH, k_BTKH
+
+
 class Positional(nn.Module):
   """The scheme `cfg.positional` behind three hooks; cfg is a transformer.ModelConfig."""
   cfg: object
@@ -136,11 +145,7 @@ class Positional(nn.Module):
     return x_BTD
 
   def transform_qk(self, q_BTNH, k_BTKH, positions_BT):
-    cfg = self.cfg
-    if cfg.positional == 'rope':
-      kwargs = dict(theta=cfg.rope_theta, layout=cfg.rope_layout, fraction=cfg.rope_fraction)
-      return rope(q_BTNH, positions_BT, **kwargs), rope(k_BTKH, positions_BT, **kwargs)
-    return q_BTNH, k_BTKH
+    return transform_qk(self.cfg, q_BTNH, k_BTKH, positions_BT)
 
   def attention_bias(self, positions_BT):
     """An AttentionBias for the attention function, or None."""
