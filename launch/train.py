@@ -6,6 +6,11 @@
 Re-running the same command on the same workdir resumes from its last checkpoint; SIGTERM or
 Ctrl-C saves a checkpoint and exits. Results: <workdir>/{config.json, metrics.jsonl, summary.json,
 events.*, checkpoints/}.
+
+Several processes (hosts) run the same command: `--distributed` on a Cloud TPU pod or under
+Slurm (jax finds the others), or --coordinator_address/--num_processes/--process_id (or the
+JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID environment, as launch/local_cluster.py
+sets) elsewhere. The workdir must be one directory that every process sees.
 """
 
 import signal
@@ -22,27 +27,41 @@ _CONFIG = config_flags.DEFINE_config_file('config', None, 'experiment config fil
 _WORKDIR = flags.DEFINE_string('workdir', None, 'run directory (created; resumed if it holds this run)')
 _OVERWRITE = flags.DEFINE_bool('overwrite', False, 'replace a run with a different config in workdir')
 _PROGRESS = flags.DEFINE_bool('progress', True, 'draw a progress bar on stderr')
+_DISTRIBUTED = flags.DEFINE_bool('distributed', False,
+                                 'join a multi-process run that jax detects (Cloud TPU, Slurm)')
+_COORDINATOR = flags.DEFINE_string('coordinator_address', '',
+                                   'host:port of process 0 (else $JAX_COORDINATOR_ADDRESS)')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', 0, 'processes in the run '
+                                      '(else $JAX_NUM_PROCESSES)')
+_PROCESS_ID = flags.DEFINE_integer('process_id', -1, 'this process, 0-based (else $JAX_PROCESS_ID)')
 
 
 def main(argv):
   if len(argv) > 1:
     cli.fail(f'unexpected arguments: {" ".join(argv[1:])}')
   config = cli.load_config(_CONFIG)
-  from research.train import loop  # after flag parsing: importing jax is slow
+  from research import distributed  # after flag parsing: importing jax is slow
+  distributed.initialize(coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
+                         process_id=_PROCESS_ID.value, auto=_DISTRIBUTED.value)
+  from research.train import loop
+  lead = distributed.is_lead()  # the other processes print nothing of their own
 
   stop = threading.Event()
 
   def on_signal(signum, _):
     if stop.is_set():  # a second Ctrl-C: give up on the clean exit
       raise KeyboardInterrupt
-    print(f'\n{signal.Signals(signum).name}: saving a checkpoint and stopping '
-          '(re-run the same command to resume)', file=sys.stderr)
+    if lead:
+      print(f'\n{signal.Signals(signum).name}: saving a checkpoint and stopping '
+            '(re-run the same command to resume)', file=sys.stderr)
     stop.set()
 
   signal.signal(signal.SIGTERM, on_signal)
   signal.signal(signal.SIGINT, on_signal)
   summary = loop.train(config, _WORKDIR.value, overwrite=_OVERWRITE.value,
-                       reporter=ProgressReporter(_PROGRESS.value), stop=stop)
+                       reporter=ProgressReporter(_PROGRESS.value) if lead else None, stop=stop)
+  if not lead:
+    return
   if 'interrupted_at_step' in summary:
     print(f'stopped at step {summary["interrupted_at_step"]}; checkpoint saved in '
           f'{_WORKDIR.value}/checkpoints', file=sys.stderr)

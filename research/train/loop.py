@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from research import config as config_lib
-from research import parallel
+from research import distributed, parallel
 from research.data import cache, loader as loader_lib, sources, tokenizers
 from research.errors import ConfigError
 from research.model import decode
@@ -72,13 +72,23 @@ def prepare_data(config) -> Data:
   if d.source == 'kv_retrieval':
     return _kv_retrieval_data(config)
   corpus = sources.load_corpus(d.source, text_field=d.text_field, eval_fraction=d.eval_fraction)
-  try:
-    tok = tokenizers.build_tokenizer(d.tokenizer, vocab_size=d.vocab_size, corpus=corpus,
-                                     cache_dir=d.cache_dir)
-    streams = cache.cached_streams(corpus, tok, d.cache_dir)
-  except OSError as e:
-    raise ConfigError(f'data.cache_dir={d.cache_dir}: cannot write the cache there '
-                      f'({e.strerror or e})') from None
+
+  def build():
+    try:
+      tok = tokenizers.build_tokenizer(d.tokenizer, vocab_size=d.vocab_size, corpus=corpus,
+                                       cache_dir=d.cache_dir)
+      return tok, cache.cached_streams(corpus, tok, d.cache_dir)
+    except OSError as e:
+      raise ConfigError(f'data.cache_dir={d.cache_dir}: cannot write the cache there '
+                        f'({e.strerror or e})') from None
+
+  # Process 0 builds the tokenizer and token cache first; the others then find them (a shared
+  # cache_dir) or build the same ones deterministically (a cache per host).
+  if distributed.is_lead():
+    tok, streams = build()
+  distributed.sync('token cache built')
+  if not distributed.is_lead():
+    tok, streams = build()
   train = loader_lib.Loader(streams['train'], seq_len=d.seq_len, batch_size=config.train.batch_size,
                             seed=config.seed, document_mask=d.document_mask)
   rows = loader_lib.eval_rows(streams['eval'], seq_len=d.seq_len,
@@ -203,6 +213,8 @@ def check_batch(config, mesh) -> None:
   if shards % jax.process_count():
     raise ConfigError(f'mesh.rules split the batch over {shards} devices, which does not divide '
                       f'over {jax.process_count()} processes loading their own rows')
+  distributed.check_batch_layout(parallel.batch_sharding(mesh, config.mesh.rules),
+                                 (b, config.data.seq_len))
 
 
 def check_shardable(abstract_state, shardings) -> None:
@@ -231,6 +243,7 @@ def train(config, workdir: str, *, overwrite: bool = False, reporter: Reporter |
   data = prepare_data(config)
   resolved = config_lib.resolve(config, vocab_size=data.tokenizer.vocab_size)
   resume = check_workdir(workdir, resolved, overwrite=overwrite, shown_as=given_workdir)
+  distributed.sync('workdir checked')  # every process decided before process 0 writes
   summary_path = os.path.join(workdir, 'summary.json')
   if resume and os.path.exists(summary_path):
     with open(summary_path) as f:
@@ -240,7 +253,7 @@ def train(config, workdir: str, *, overwrite: bool = False, reporter: Reporter |
       return summary
   tr = make_trainer(resolved, mesh)
   model, cfg, seq_len = tr.model, tr.cfg, resolved.data.seq_len
-  lead = jax.process_index() == 0
+  lead = distributed.is_lead()
   if lead:
     try:
       os.makedirs(workdir, exist_ok=True)
@@ -255,6 +268,7 @@ def train(config, workdir: str, *, overwrite: bool = False, reporter: Reporter |
       shutil.copyfile(ranks, os.path.join(workdir, 'tokenizer.tiktoken'))
       if os.path.exists(ranks + '.json'):
         shutil.copyfile(ranks + '.json', os.path.join(workdir, 'tokenizer.tiktoken.json'))
+  distributed.sync('workdir ready')
   reporter.message(f'data ready in {time.time() - t0:.1f}s: tokenizer {data.tokenizer.name} '
                    f'({data.tokenizer.vocab_size} tokens), rows of {config.data.seq_len}, '
                    f'{len(data.eval_batches)} eval batches')
@@ -312,7 +326,10 @@ def train(config, workdir: str, *, overwrite: bool = False, reporter: Reporter |
     step = start
     train_time = 0.0
 
-    while step < total and not stop.is_set():
+    def stopping():  # every process stops at the same step, whichever one saw the signal
+      return distributed.any_process(stop.is_set())
+
+    while step < total and not stopping():
       batch = next_batch
       state, m = compiled(state, batch)
       step += 1
@@ -338,7 +355,7 @@ def train(config, workdir: str, *, overwrite: bool = False, reporter: Reporter |
         ckpt.save(step, state, {'step': step, 'seed': resolved.seed})
       if step % log_every == 0 or step == total:
         window_t = time.time()
-    if stop.is_set():  # saves nothing when this step is already saved
+    if step < total:  # stopped early; saves nothing when this step is already saved
       ckpt.save(step, state, {'step': step, 'seed': resolved.seed})
     ckpt.close()
     writer.close()

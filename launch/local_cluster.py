@@ -1,0 +1,111 @@
+"""Run one command as N JAX processes on this machine, the way N hosts would run it:
+
+  python -m launch.local_cluster --num_processes=2 [--devices_per_process=1] -- \
+      python -m launch.train --config=experiments/quickstart.py --workdir=runs/two_hosts
+
+Each process gets JAX_COORDINATOR_ADDRESS (a free localhost port), JAX_NUM_PROCESSES,
+JAX_PROCESS_ID, JAX_PLATFORMS=cpu and its own devices_per_process CPU devices; launch.train joins
+them with jax.distributed and gloo collectives. Process 0's output passes through unchanged; the
+others' lines are prefixed with [process i]. SIGTERM / Ctrl-C reach every process (a train run
+saves a checkpoint and stops); when one process fails, the others are stopped, and the exit
+status is the first failure's.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+from absl import flags
+
+from launch import cli
+
+_NUM = flags.DEFINE_integer('num_processes', 2, 'processes to start')
+_DEVICES = flags.DEFINE_integer('devices_per_process', 1, 'CPU devices each process sees')
+_PORT = flags.DEFINE_integer('port', 0, 'coordinator port (0: a free one)')
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def command_after_dashes(argv) -> list:
+  """The command after `--` (absl keeps it as positional arguments)."""
+  if '--' in sys.argv:
+    return sys.argv[sys.argv.index('--') + 1:]
+  return list(argv[1:])
+
+
+def _relay(stream, prefix: str, out) -> None:
+  for line in iter(stream.readline, ''):
+    out.write(prefix + line)
+    out.flush()
+
+
+def main(argv):
+  command = command_after_dashes(argv)
+  if not command:
+    cli.fail('give the command to run after --, e.g. -- python -m launch.train --config=...')
+  if _NUM.value < 1 or _DEVICES.value < 1:
+    cli.fail('--num_processes and --devices_per_process must be at least 1')
+  port = _PORT.value or free_port()
+  procs, relays = [], []
+  for i in range(_NUM.value):
+    env = dict(os.environ, JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}',
+               JAX_NUM_PROCESSES=str(_NUM.value), JAX_PROCESS_ID=str(i), JAX_PLATFORMS='cpu',
+               JAX_NUM_CPU_DEVICES=str(_DEVICES.value))
+    # A forced host device count would override the per-process one.
+    env['XLA_FLAGS'] = ' '.join(f for f in env.get('XLA_FLAGS', '').split()
+                                if 'force_host_platform_device_count' not in f)
+    try:
+      if i == 0:
+        procs.append(subprocess.Popen(command, env=env))
+        continue
+      p = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           text=True, bufsize=1)
+    except OSError as e:
+      for p in procs:
+        p.kill()
+      cli.fail(f'cannot start {command[0]!r}: {e.strerror}')
+    procs.append(p)
+    relays.append(threading.Thread(target=_relay, args=(p.stdout, f'[process {i}] ', sys.stderr),
+                                   daemon=True))
+    relays[-1].start()
+
+  def forward(signum, _):
+    for p in procs:
+      if p.poll() is None:
+        p.send_signal(signum)
+
+  signal.signal(signal.SIGTERM, forward)
+  signal.signal(signal.SIGINT, forward)
+
+  failed = None
+  while any(p.poll() is None for p in procs):
+    for i, p in enumerate(procs):
+      if failed is None and p.poll() not in (None, 0):
+        failed = (i, p.returncode)
+        # The others would wait for it in a collective forever.
+        deadline = time.time() + 10
+        for q in procs:
+          while q.poll() is None and time.time() < deadline:
+            time.sleep(0.1)
+          if q.poll() is None:
+            q.kill()
+    time.sleep(0.05)
+  for t in relays:
+    t.join(timeout=5)
+  if failed is None:
+    failed = next(((i, p.returncode) for i, p in enumerate(procs) if p.returncode), None)
+  if failed is not None:
+    i, code = failed
+    sys.exit(code if code > 0 else 1)
+
+
+if __name__ == '__main__':
+  cli.run(main)
