@@ -132,6 +132,9 @@ def test_bad_inputs_one_line_exit_2(tmp_path, cache_dir):
       (['--config.data.tokenizer=wordpiece'], 'data.tokenizer'),
   ]
   cases.append((['--config.seed=-1'], 'seed'))
+  cases.append((['--config.model.attention_impl=jax_cudnn'], 'needs an NVIDIA GPU'))
+  cases.append((['--config.model.positional=shaw', '--config.model.attention_impl=jax_xla'],
+                'cannot add shaw'))
   empty = tmp_path / 'empty'
   empty.mkdir()
   (empty / 'a.txt').write_text('  \n\n')

@@ -180,6 +180,10 @@ class Trainer:
 
 def make_trainer(resolved, mesh) -> Trainer:
   cfg = ModelConfig.from_config(resolved)
+  platform = mesh.devices.flat[0].platform
+  if cfg.attention_impl == 'jax_cudnn' and platform != 'gpu':
+    raise ConfigError(f'model.attention_impl=jax_cudnn needs an NVIDIA GPU; this run is on '
+                      f'{platform} (auto picks cuDNN where it applies)')
   model = Decoder(cfg)
   tx = optim.optimizer(resolved.train)
   rules = parallel.logical_rules(resolved.mesh.rules)
