@@ -74,13 +74,14 @@ def any_process(flag: bool) -> bool:
   return bool(np.any(multihost_utils.process_allgather(np.asarray(flag, np.int32))))
 
 
-def check_batch_layout(batch_sharding, global_shape) -> None:
+def check_batch_layout(batch_sharding, global_shape, process_count: int | None = None) -> None:
   """Each process's devices must hold one contiguous block of rows, in process order.
 
   The loaders give process p rows [p * B/P, (p + 1) * B/P) of each global batch; a mesh whose
   batch axes do not follow the processes that way would need other rows on each host.
+  `process_count` defaults to this run's; launch.compile passes a TPU topology's host count.
   """
-  p_count = jax.process_count()
+  p_count = process_count or jax.process_count()
   if p_count == 1:
     return
   per = global_shape[0] // p_count

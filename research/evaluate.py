@@ -39,7 +39,7 @@ def restore_run(workdir: str):
   step = ckpt.latest_step()
   if step is None:
     raise ConfigError(f'--workdir={workdir} holds no checkpoint yet')
-  abstract = ckpt_lib.abstract_like(jax.eval_shape(tr.init, jax.random.PRNGKey(0)), tr.state_sh)
+  abstract = ckpt_lib.abstract_like(tr.init.eval_shape(jax.random.PRNGKey(0)), tr.state_sh)
   state, _ = ckpt.restore(step, abstract)
   ckpt.close()
   return resolved, tr, state.params, step

@@ -139,6 +139,34 @@ def attend(q_BTNH, k_BSKH, v_BSKH, mask_B1TS, bias=None, *, impl='einsum', causa
       implementation='cudnn' if impl == 'jax_cudnn' else 'xla')
 
 
+class Projection(nn.Module):
+  """x [..., *in] @ kernel [*in, *out] (+ bias [*out]), the kernel stored and annotated whole.
+
+  Unlike nn.DenseGeneral, which initializes a flattened 2-D kernel, every shape flax sees carries
+  the kernel's logical axes, so its sharding constraints apply under a mesh. Same parameter
+  shapes and the same initial values as DenseGeneral.
+  """
+  in_shape: tuple
+  out_shape: tuple
+  axes: tuple  # logical names of the kernel's in + out dims
+  use_bias: bool
+  std: float
+  dtype: jnp.dtype
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param('kernel', nn.with_logical_partitioning(
+        nn.initializers.normal(self.std), self.axes), self.in_shape + self.out_shape, jnp.float32)
+    n_in = len(self.in_shape)
+    dims = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
+    y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype), (dims, ((), ())))
+    if self.use_bias:
+      bias = self.param('bias', nn.with_logical_partitioning(
+          nn.initializers.zeros, self.axes[n_in:]), self.out_shape, jnp.float32)
+      y = y + bias.astype(self.dtype)
+    return y
+
+
 class Attention(nn.Module):
   """Self-attention of a block; cfg is a transformer.ModelConfig.
 
@@ -154,20 +182,14 @@ class Attention(nn.Module):
     cfg = self.cfg
     d = x_BTD.shape[-1]
 
-    def proj(name, heads, axes_names, std, features, axis=-1):
-      return nn.DenseGeneral(
-          features, axis=axis, use_bias=cfg.use_bias, dtype=self.dtype, name=name,
-          kernel_init=nn.with_logical_partitioning(nn.initializers.normal(std), axes_names),
-          bias_init=nn.with_logical_partitioning(
-              nn.initializers.zeros, axes_names[-len(features):] if heads else ('embed',)))
+    def heads_in(name, heads):
+      return Projection((d,), (heads, cfg.head_dim), ('embed', 'heads', 'kv'), cfg.use_bias,
+                        cfg.init_std, self.dtype, name=name)(x_BTD)
 
     heads_axes = ('batch', 'length', 'heads', 'kv')
-    q = proj('query', True, ('embed', 'heads', 'kv'), cfg.init_std,
-             (cfg.num_heads, cfg.head_dim))(x_BTD)
-    k = proj('key', True, ('embed', 'heads', 'kv'), cfg.init_std,
-             (cfg.num_kv_heads, cfg.head_dim))(x_BTD)
-    v = proj('value', True, ('embed', 'heads', 'kv'), cfg.init_std,
-             (cfg.num_kv_heads, cfg.head_dim))(x_BTD)
+    q = heads_in('query', cfg.num_heads)
+    k = heads_in('key', cfg.num_kv_heads)
+    v = heads_in('value', cfg.num_kv_heads)
     q, k, v = (nn.with_logical_constraint(a, heads_axes) for a in (q, k, v))
     if self.transform_qk is not None:
       q, k = self.transform_qk(q, k, positions_BT)
@@ -175,6 +197,6 @@ class Attention(nn.Module):
                         has_relative_kv=bias is not None and bias.key_BTSH is not None)
     out_BTNH = nn.with_logical_constraint(
         attend(q, k, v, mask_B1TS, bias, impl=impl, causal=True), heads_axes)
-    out_BTD = proj('out', False, ('heads', 'kv', 'embed'), self.out_init_std, (d,),
-                   axis=(-2, -1))(out_BTNH)
+    out_BTD = Projection((cfg.num_heads, cfg.head_dim), (d,), ('heads', 'kv', 'embed'),
+                         cfg.use_bias, self.out_init_std, self.dtype, name='out')(out_BTNH)
     return nn.Dropout(cfg.dropout)(out_BTD, deterministic=deterministic)

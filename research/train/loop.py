@@ -5,6 +5,7 @@
 checkpoint saved, from which re-running the same command continues exactly.
 """
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -164,6 +165,32 @@ def clear_run(workdir: str) -> None:
       shutil.rmtree(p) if os.path.isdir(p) else os.remove(p)
 
 
+class InMesh:
+  """A jitted function traced under its mesh and logical-axis rules, so that the activations'
+  sharding constraints (nn.with_logical_constraint) apply; flax drops them without a mesh."""
+
+  def __init__(self, fn, mesh, rules):
+    self.fn, self.mesh, self.rules = fn, mesh, rules
+
+  def _context(self):
+    stack = contextlib.ExitStack()
+    stack.enter_context(jax.set_mesh(self.mesh))
+    stack.enter_context(nn.logical_axis_rules(self.rules))
+    return stack
+
+  def __call__(self, *args):
+    with self._context():
+      return self.fn(*args)
+
+  def lower(self, *args):
+    with self._context():
+      return self.fn.lower(*args)
+
+  def eval_shape(self, *args):
+    with self._context():
+      return jax.eval_shape(self.fn, *args)
+
+
 @dataclasses.dataclass
 class Trainer:
   """The model and its jitted, sharded functions for one resolved config on one mesh."""
@@ -173,9 +200,10 @@ class Trainer:
   state_sh: object  # NamedShardings of the train state
   batch_sh: object
   repl: object
-  init: object  # rng -> sharded train state
-  train_fn: object  # (state, batch) -> (state, metrics)
-  eval_fn: object  # (params, batch, token_bytes) -> sums
+  init: InMesh  # rng -> sharded train state
+  train_fn: InMesh  # (state, batch) -> (state, metrics)
+  eval_fn: InMesh  # (params, batch, token_bytes) -> sums
+  mesh: object = None
 
 
 def make_trainer(resolved, mesh) -> Trainer:
@@ -197,14 +225,16 @@ def make_trainer(resolved, mesh) -> Trainer:
     return nn.meta.unbox(step_lib.init_state(model, tx, rng, seq_len))
 
   check_shardable(jax.eval_shape(unboxed_init, jax.random.PRNGKey(0)), state_sh)
-  init = jax.jit(unboxed_init, out_shardings=state_sh)
-  train_fn = jax.jit(
+  init = InMesh(jax.jit(unboxed_init, out_shardings=state_sh), mesh, rules)
+  train_fn = InMesh(jax.jit(
       functools.partial(step_lib.train_step, model=model, tx=tx, train_cfg=resolved.train,
                         seed=resolved.seed),
-      in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, repl), donate_argnums=0)
-  eval_fn = jax.jit(functools.partial(step_lib.eval_step, model=model),
-                    in_shardings=(state_sh.params, batch_sh, repl), out_shardings=repl)
-  return Trainer(model, cfg, rules, state_sh, batch_sh, repl, init, train_fn, eval_fn)
+      in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, repl), donate_argnums=0),
+      mesh, rules)
+  eval_fn = InMesh(jax.jit(functools.partial(step_lib.eval_step, model=model),
+                           in_shardings=(state_sh.params, batch_sh, repl), out_shardings=repl),
+                   mesh, rules)
+  return Trainer(model, cfg, rules, state_sh, batch_sh, repl, init, train_fn, eval_fn, mesh)
 
 
 def check_batch(config, mesh) -> None:
@@ -281,7 +311,7 @@ def train(config, workdir: str, *, overwrite: bool = False, reporter: Reporter |
                                  keep=resolved.checkpoint.keep)
     start = ckpt.latest_step() if resume else None
     if start is not None:
-      abstract = ckpt_lib.abstract_like(jax.eval_shape(tr.init, jax.random.PRNGKey(0)),
+      abstract = ckpt_lib.abstract_like(tr.init.eval_shape(jax.random.PRNGKey(0)),
                                         tr.state_sh)
       state, loader_pos = ckpt.restore(start, abstract)
       if loader_pos['step'] != start or loader_pos['seed'] != resolved.seed:
