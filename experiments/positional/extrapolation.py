@@ -37,6 +37,9 @@ def get_config(preset='cpu'):
     c.model.num_layers = 4
     c.model.d_model = 128
     c.model.num_heads = 4
+    # A Python loop of layers: ~9% more tokens/s than nn.scan on this CPU at this depth, and
+    # the layout of the runs reported in the README.
+    c.model.scan_layers = False
     c.train.batch_size = 16
     c.train.steps = 300
     c.train.learning_rate = 3e-3
