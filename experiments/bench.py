@@ -44,4 +44,5 @@ def get_config(preset='small'):
     c.model.num_heads = 8
   elif preset == 'deep16':
     c.model.num_layers = 16
+    c.model.scan_layers = True  # compare with 'small --config.model.scan_layers=True'
   return c

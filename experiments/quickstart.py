@@ -22,9 +22,6 @@ def get_config(preset='gpt2'):
   c.model.num_layers = 4
   c.model.d_model = 256
   c.model.num_heads = 4
-  # A Python loop of layers: ~9% more tokens/s than nn.scan on this CPU at this depth, and
-  # the layout of the runs reported in the README.
-  c.model.scan_layers = False
   c.train.batch_size = 16
   c.train.steps = 180
   c.train.learning_rate = 2e-3  # small model, short run: a high peak with warmup and cosine decay

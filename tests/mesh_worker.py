@@ -27,6 +27,7 @@ def tiny_config(cache_dir: str):
   c.data.tokenizer, c.data.vocab_size, c.data.cache_dir = 'bpe', 512, cache_dir
   c.data.seq_len = 32
   c.model.num_layers, c.model.d_model, c.model.num_heads = 2, 64, 8
+  c.model.scan_layers = True  # parameters stacked on the 'layers' axis, which stays whole
   c.train.batch_size, c.train.warmup_steps, c.train.learning_rate = 8, 2, 3e-3
   c.eval.max_batches = 2
   return c
