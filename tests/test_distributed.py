@@ -12,7 +12,7 @@ import pytest
 from tests.conftest import ROOT, run_cli
 from tests.test_cli import metrics, one_line_error, train_args
 
-STEPS = 80
+STEPS = 60
 
 
 def cluster_cmd(*train):
