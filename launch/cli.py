@@ -52,6 +52,15 @@ def _check_override_keys(argv):
         raise ConfigError(f'unknown config key {key!r}{hint}')
 
 
+def args_after_dashes(argv):
+  """(our positional arguments, the arguments after '--' verbatim).
+
+  absl drops the first '--' and appends what follows it to argv; sys.argv still shows where it was.
+  """
+  rest = sys.argv[sys.argv.index('--') + 1:] if '--' in sys.argv else []
+  return argv[1:len(argv) - len(rest)], rest
+
+
 def fail(message: str):
   print(f'error: {message}', file=sys.stderr)
   sys.exit(2)

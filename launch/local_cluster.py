@@ -34,13 +34,6 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def command_after_dashes(argv) -> list:
-  """The command after `--` (absl keeps it as positional arguments)."""
-  if '--' in sys.argv:
-    return sys.argv[sys.argv.index('--') + 1:]
-  return list(argv[1:])
-
-
 def _relay(stream, prefix: str, out) -> None:
   for line in iter(stream.readline, ''):
     out.write(prefix + line)
@@ -48,7 +41,8 @@ def _relay(stream, prefix: str, out) -> None:
 
 
 def main(argv):
-  command = command_after_dashes(argv)
+  extra, command = cli.args_after_dashes(argv)
+  command = command or extra  # `--` may be left out when the command has no flags of ours
   if not command:
     cli.fail('give the command to run after --, e.g. -- python -m launch.train --config=...')
   if _NUM.value < 1 or _DEVICES.value < 1:

@@ -95,17 +95,8 @@ def _check_flags():
     raise ConfigError(f'--partition={_PARTITION.value}: letters, digits, ".", "_", "-", "," only')
 
 
-def train_args_after_dashes(argv):
-  """(our positional arguments, the arguments after '--' verbatim).
-
-  absl drops the first '--' and appends what follows it to argv; sys.argv still shows where it was.
-  """
-  rest = sys.argv[sys.argv.index('--') + 1:] if '--' in sys.argv else []
-  return argv[1:len(argv) - len(rest)], rest
-
-
 def main(argv):
-  extra, train_args = train_args_after_dashes(argv)
+  extra, train_args = cli.args_after_dashes(argv)
   if extra:
     cli.fail(f'unexpected arguments: {" ".join(extra)} (arguments for launch.train go after --)')
   _check_flags()

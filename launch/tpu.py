@@ -163,17 +163,8 @@ def _execute(commands):
       cli.fail(f'the command above exited with status {status}')
 
 
-def train_args_after_dashes(argv):
-  """(our positional arguments, the arguments after '--' verbatim).
-
-  absl drops the first '--' and appends what follows it to argv; sys.argv still shows where it was.
-  """
-  rest = sys.argv[sys.argv.index('--') + 1:] if '--' in sys.argv else []
-  return argv[1:len(argv) - len(rest)], rest
-
-
 def main(argv):
-  positional, train_args = train_args_after_dashes(argv)
+  positional, train_args = cli.args_after_dashes(argv)
   if not positional:
     cli.fail(f'which command? one of {", ".join(COMMANDS)}')
   command, *extra = positional
