@@ -62,7 +62,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.init_std = 0.02
   c.model.vocab_size = 0  # set from the tokenizer at start-up; a value here must match it
   # How attention is computed; every choice gives the same values (research/model/attention.py).
-  # 'auto': cuDNN flash attention on GPU for 16-bit compute without shaw, else 'einsum'.
+  # 'auto': cuDNN flash attention on GPU for 16-bit compute without shaw, 'blocked' on CPU, else
+  # 'einsum'.
   c.model.attention_impl = 'auto'
   # One nn.scan over the layers: compile time flat in depth (use it for deep models and on
   # accelerators); False, a Python loop: about 9% more tokens/s on a 2-core CPU at 4 layers.

@@ -231,3 +231,46 @@ def test_blocked_attention_skips_the_keys_after_each_query_block():
   k2 = k.at[:, 12:].set(100.0)
   np.testing.assert_allclose(attention.blocked_causal_attention(q, k2, v, mask)[:, :4],
                              blocked[:, :4], atol=1e-6)
+  # With packed segments and padding, from a Mask built block by block or from the full array.
+  segments = jnp.asarray([[1] * 6 + [2] * 7 + [0] * 3, [1] * 16])
+  lazy = attention.Mask(segments, segments, causal=True)
+  from_lazy = attention.blocked_causal_attention(q, k, v, lazy, num_blocks=4)
+  from_array = attention.dot_product_attention(q, k, v, attention.attention_mask(segments))
+  keep = np.asarray(segments > 0)
+  np.testing.assert_allclose(np.asarray(from_lazy)[keep], np.asarray(from_array)[keep], atol=1e-6)
+
+
+def test_mask_blocks_match_the_full_mask():
+  """Mask.block builds any block of the [B, 1, T, T] mask: packed rows, padding, causal or not."""
+  from research.model import attention
+  segments = jnp.asarray([[1] * 5 + [2] * 7 + [0] * 4, [3] * 16])
+  for causal in (True, False):
+    mask = attention.Mask(segments, segments, causal=causal)
+    full = np.asarray(mask.block())
+    t = np.arange(16)
+    same = (np.asarray(segments)[:, :, None] == np.asarray(segments)[:, None, :]) & (
+        np.asarray(segments)[:, None, :] > 0)
+    want = same & (t[None, :] <= t[:, None]) if causal else same
+    np.testing.assert_array_equal(full[:, 0], want)
+    np.testing.assert_array_equal(mask.block(4, 12, 2, 16), full[:, :, 4:12, 2:16])
+
+
+def test_norms_backward_matches_flax_autodiff():
+  """layers.normalize's hand-written backward against autodiff of flax's LayerNorm and RMSNorm."""
+  from research.model import layers
+  rng = np.random.RandomState(9)
+  x = jnp.asarray(rng.randn(3, 5, 32) * 2 + 0.5, jnp.float32)
+  scale, bias = (jnp.asarray(rng.randn(32), jnp.float32) for _ in range(2))
+  weight = jnp.asarray(rng.randn(3, 5, 32), jnp.float32)
+  for kind, ref in (('layernorm', nn.LayerNorm(epsilon=1e-5)), ('rmsnorm', nn.RMSNorm(1e-5))):
+    ours = layers.norm(kind, 1e-5, True, jnp.float32, 'n')
+    ref_params = {'params': {'scale': scale, **({'bias': bias} if kind == 'layernorm' else {})}}
+
+    def loss(module, params, x):
+      return (jnp.tanh(module.apply(params, x)) * weight).sum()
+
+    for a, b in zip(jax.grad(loss, argnums=(1, 2))(ours, ref_params, x),
+                    jax.grad(loss, argnums=(1, 2))(ref, ref_params, x)):
+      for u, w in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_allclose(u, w, rtol=1e-5, atol=1e-5, err_msg=kind)
+    np.testing.assert_allclose(ours.apply(ref_params, x), ref.apply(ref_params, x), atol=1e-5)

@@ -1,5 +1,6 @@
 """Norms and the MLP, each parameter named with its logical axes."""
 
+import functools
 import math
 
 import flax.linen as nn
@@ -17,13 +18,70 @@ ACTIVATIONS = {'relu': jax.nn.relu, 'gelu': gelu, 'swiglu': jax.nn.silu, 'geglu'
 GATED = ('swiglu', 'geglu')
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def normalize(x, scale, bias, eps: float, center: bool):
+  """(x - mean) / sqrt(var + eps) * scale + bias over the last axis, statistics in float32.
+
+  center=False is RMSNorm (no mean; bias may be None). Its backward is written out by hand
+  (saving the normalized x and 1/sigma): XLA:CPU's autodiff of the same expression re-reduces
+  each row several times and cost about a quarter of the CPU train step
+  (../shared/notes/cpu-perf.md).
+  """
+  return _normalize_fwd(x, scale, bias, eps, center)[0]
+
+
+def _normalize_fwd(x, scale, bias, eps, center):
+  x32 = x.astype(jnp.float32)
+  if center:
+    x32 = x32 - jnp.mean(x32, axis=-1, keepdims=True)
+  rstd = jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + eps)
+  xhat = x32 * rstd
+  y = xhat * scale.astype(jnp.float32)
+  if bias is not None:
+    y = y + bias.astype(jnp.float32)
+  return y.astype(x.dtype), (xhat, rstd, scale, bias)
+
+
+def _normalize_bwd(eps, center, res, dy):
+  del eps
+  xhat, rstd, scale, bias = res
+  dy32 = dy.astype(jnp.float32)
+  rows = tuple(range(dy.ndim - 1))
+  dscale = jnp.sum(dy32 * xhat, axis=rows).astype(scale.dtype)
+  dbias = None if bias is None else jnp.sum(dy32, axis=rows).astype(bias.dtype)
+  g = dy32 * scale.astype(jnp.float32)
+  dx = g - xhat * jnp.mean(g * xhat, axis=-1, keepdims=True)
+  if center:
+    dx = dx - jnp.mean(g, axis=-1, keepdims=True)
+  return (dx * rstd).astype(dy.dtype), dscale, dbias
+
+
+normalize.defvjp(_normalize_fwd, _normalize_bwd)
+
+
+class Norm(nn.Module):
+  """LayerNorm (center=True) or RMSNorm, parameters 'scale' (and 'bias') as flax's own."""
+  eps: float
+  center: bool
+  use_bias: bool
+  dtype: jnp.dtype
+
+  @nn.compact
+  def __call__(self, x):
+    d = x.shape[-1]
+    scale = self.param('scale', nn.with_logical_partitioning(nn.initializers.ones, ('embed',)),
+                       (d,), jnp.float32)
+    bias = None
+    if self.use_bias:
+      bias = self.param('bias', nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)),
+                        (d,), jnp.float32)
+    return normalize(x.astype(self.dtype), scale, bias, self.eps, self.center)
+
+
 def norm(kind: str, eps: float, use_bias: bool, dtype, name: str):
-  scale_init = nn.with_logical_partitioning(nn.initializers.ones, ('embed',))
   if kind == 'rmsnorm':
-    return nn.RMSNorm(epsilon=eps, dtype=dtype, scale_init=scale_init, name=name)
-  return nn.LayerNorm(epsilon=eps, dtype=dtype, use_bias=use_bias, scale_init=scale_init,
-                      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)),
-                      name=name)
+    return Norm(eps, center=False, use_bias=False, dtype=dtype, name=name)
+  return Norm(eps, center=True, use_bias=use_bias, dtype=dtype, name=name)
 
 
 class Mlp(nn.Module):

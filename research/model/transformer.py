@@ -73,7 +73,7 @@ class Block(nn.Module):
   deterministic: bool = True
 
   @nn.compact
-  def __call__(self, x_BTD, mask_B1TS, positions_BT, bias):
+  def __call__(self, x_BTD, mask, positions_BT, bias):
     cfg, deterministic = self.cfg, self.deterministic
     dtype = jnp.dtype(cfg.dtype)
     # GPT-2's scaled init of the projections that write into the residual stream.
@@ -87,10 +87,10 @@ class Block(nn.Module):
     norm2 = layers.norm(cfg.norm, cfg.norm_eps, cfg.use_bias, dtype, 'norm_mlp')
     x_BTD = nn.with_logical_constraint(x_BTD, RESIDUAL_AXES)
     if cfg.norm_position == 'pre':
-      x_BTD = x_BTD + attn(norm1(x_BTD), mask_B1TS, positions_BT, bias, deterministic)
+      x_BTD = x_BTD + attn(norm1(x_BTD), mask, positions_BT, bias, deterministic)
       x_BTD = x_BTD + mlp(norm2(x_BTD), deterministic)
     else:
-      x_BTD = norm1(x_BTD + attn(x_BTD, mask_B1TS, positions_BT, bias, deterministic))
+      x_BTD = norm1(x_BTD + attn(x_BTD, mask, positions_BT, bias, deterministic))
       x_BTD = norm2(x_BTD + mlp(x_BTD, deterministic))
     return nn.with_logical_constraint(x_BTD, RESIDUAL_AXES), None
 
@@ -135,9 +135,9 @@ class Decoder(nn.Module):
     positional = positional_lib.Positional(cfg, name='positional')
     x_BTD = positional.embed(embed(inputs_BT), positions_BT)
     x_BTD = nn.Dropout(cfg.dropout)(x_BTD, deterministic=deterministic)
-    mask_B1TT = attention_lib.attention_mask(segment_ids_BT, causal=True)
+    mask = attention_lib.Mask(segment_ids_BT, segment_ids_BT, causal=True)
     bias = positional.attention_bias(positions_BT)
-    x_BTD = block_stack(cfg, deterministic)(x_BTD, mask_B1TT, positions_BT, bias)
+    x_BTD = block_stack(cfg, deterministic)(x_BTD, mask, positions_BT, bias)
     if cfg.norm_position == 'pre':
       x_BTD = layers.norm(cfg.norm, cfg.norm_eps, cfg.use_bias, dtype, 'norm_final')(x_BTD)
     if cfg.tie_embeddings:
