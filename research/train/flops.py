@@ -26,16 +26,20 @@ def train_flops_per_token(cfg, seq_len: int, *, causal_halving: bool = True) -> 
   return 6 * matmul_params(cfg) + (attention / 2 if causal_halving else attention)
 
 
-def matmul_peak(dtype="float32", n: int = 1024, repeats: int = 10) -> float:
-  """FLOP/s of one device's best square matmul of this dtype, timed here and now."""
+def matmul_peak(dtype="float32", n: int = 1024, repeats: int = 10, min_seconds: float = 1.0
+                ) -> float:
+  """FLOP/s of one device's best square matmul of this dtype, timed here and now: the best of at
+  least `repeats` timings spread over at least `min_seconds`, so that a moment of contention on a
+  shared machine does not pass for the peak."""
   a = jnp.ones((n, n), dtype)
   f = jax.jit(lambda x, y: x @ y)
   f(a, a).block_until_ready()
-  best = float('inf')
-  for _ in range(repeats):
+  best, count, start = float('inf'), 0, time.perf_counter()
+  while count < repeats or time.perf_counter() - start < min_seconds:
     t = time.perf_counter()
     f(a, a).block_until_ready()
     best = min(best, time.perf_counter() - t)
+    count += 1
   return 2 * n ** 3 / best
 
 
