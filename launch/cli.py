@@ -67,7 +67,13 @@ def fail(message: str):
 
 
 def run(main):
-  """absl's app.run, with ConfigError (and flag errors) as 'error: ...' and exit status 2."""
+  """absl's app.run, with ConfigError (and flag errors) as 'error: ...' and exit status 2.
+
+  On the CPU, first makes malloc keep the memory XLA frees each step (research/cpu.py).
+  """
+  from research import cpu
+  if cpu.will_run_on_cpu():
+    cpu.keep_freed_memory()
 
   @functools.wraps(main)
   def guarded(argv):

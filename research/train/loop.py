@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from research import config as config_lib
+from research import cpu
 from research import distributed, parallel
 from research.data import cache, loader as loader_lib, sources, tokenizers
 from research.errors import ConfigError
@@ -226,14 +227,15 @@ def make_trainer(resolved, mesh) -> Trainer:
 
   check_shardable(jax.eval_shape(unboxed_init, jax.random.PRNGKey(0)), state_sh)
   init = InMesh(jax.jit(unboxed_init, out_shardings=state_sh), mesh, rules)
+  options = cpu.compiler_options(platform)
   train_fn = InMesh(jax.jit(
       functools.partial(step_lib.train_step, model=model, tx=tx, train_cfg=resolved.train,
                         seed=resolved.seed),
-      in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, repl), donate_argnums=0),
-      mesh, rules)
+      in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, repl), donate_argnums=0,
+      compiler_options=options), mesh, rules)
   eval_fn = InMesh(jax.jit(functools.partial(step_lib.eval_step, model=model),
-                           in_shardings=(state_sh.params, batch_sh, repl), out_shardings=repl),
-                   mesh, rules)
+                           in_shardings=(state_sh.params, batch_sh, repl), out_shardings=repl,
+                           compiler_options=options), mesh, rules)
   return Trainer(model, cfg, rules, state_sh, batch_sh, repl, init, train_fn, eval_fn, mesh)
 
 

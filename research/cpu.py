@@ -1,0 +1,54 @@
+"""Settings for training on the CPU that live outside the model: the process's malloc, and the
+XLA:CPU compiler options of the jitted steps. Both measured on launch.bench's presets
+(README, Performance); neither changes a value the step computes."""
+
+import ctypes
+import os
+import sys
+from importlib import metadata, util
+
+# glibc's mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+
+# XLA:CPU hands dots, reductions and elementwise fusions to its YNNPACK library by default. Its
+# dots ran slower than XLA's Eigen ones here (batched attention products at ~85 against ~140
+# GFLOP/s on 2 cores), so only reductions go to YNNPACK: 5-10% more train tokens/s for `small`.
+_YNN_FLAG = 'xla_cpu_experimental_ynn_fusion_type'
+CPU_COMPILER_OPTIONS = {_YNN_FLAG: 'LIBRARY_FUSION_TYPE_REDUCE'}
+
+
+def will_run_on_cpu() -> bool:
+  """Whether JAX will run on the CPU, decided without starting a backend: JAX_PLATFORMS names
+  only cpu, or no accelerator plugin (a jax_plugins entry point, libtpu) is installed."""
+  platforms = [p for p in os.environ.get('JAX_PLATFORMS', '').split(',') if p]
+  if platforms:
+    return platforms == ['cpu']
+  return not metadata.entry_points(group='jax_plugins') and util.find_spec('libtpu') is None
+
+
+def keep_freed_memory() -> bool:
+  """Make glibc's malloc keep freed memory for reuse instead of handing it back to the kernel.
+
+  XLA:CPU allocates an executable's temporary buffer afresh at every call (272 MB for the
+  `small` bench step), above the largest size glibc serves from its heap (32 MB), so it is
+  mmapped and unmapped each step and the kernel faults and zeroes every page again: 74,000 page
+  faults and 0.15 s of system time a step, measured. One arena that neither mmaps nor trims
+  serves the same memory every step (about 13% more tokens/s). Call it before JAX starts its
+  threads, which keep the arena they first used. Returns whether it applied (glibc only).
+  """
+  if not sys.platform.startswith('linux'):
+    return False
+  try:
+    mallopt = ctypes.CDLL(None).mallopt
+  except (OSError, AttributeError):
+    return False
+  return all(mallopt(k, v) == 1 for k, v in ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0),
+                                             (_M_TRIM_THRESHOLD, -1)))
+
+
+def compiler_options(platform: str):
+  """jax.jit compiler_options for a step on `platform` (None: XLA's defaults). A flag the user
+  already gave in XLA_FLAGS wins."""
+  if platform != 'cpu' or _YNN_FLAG in os.environ.get('XLA_FLAGS', ''):
+    return None
+  return dict(CPU_COMPILER_OPTIONS)
