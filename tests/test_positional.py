@@ -171,7 +171,7 @@ def relative_positions():
 def test_alibi_bias_is_minus_slope_times_distance():
   _, bias = bias_of('alibi')
   expected = alibi_slopes(4)[None, :, None, None] * relative_positions()[:, None]
-  assert bias.logits_BNTS.shape == (2, 4, T, T) and bias.key_BTSH is None
+  assert bias.logits_BNTS.shape == (2, 4, T, T) and bias.rel_key_DH is None
   np.testing.assert_allclose(bias.logits_BNTS, expected, rtol=1e-6)
   # Keys before the query are pushed down, by slope * distance; the query's own key is not.
   assert bias.logits_BNTS[0, 0, 9, 6] == -0.25 * 3 and bias.logits_BNTS[0, 0, 9, 9] == 0
@@ -190,16 +190,16 @@ def test_shaw_clips_relative_distance():
   params, bias = bias_of('shaw')
   rel_key, rel_value = params['positional']['rel_key'], params['positional']['rel_value']
   assert rel_key.shape == (33, 8) and bias.logits_BNTS is None
-  index = np.clip(relative_positions(), -16, 16) + 16
-  np.testing.assert_allclose(bias.key_BTSH, np.asarray(rel_key)[index])
-  np.testing.assert_allclose(bias.value_BTSH, np.asarray(rel_value)[index])
-  # Past the clip distance every key shares the farthest vector.
+  np.testing.assert_array_equal(bias.rel_key_DH, rel_key)
+  np.testing.assert_array_equal(bias.rel_value_DH, rel_value)
+  np.testing.assert_array_equal(bias.rel_index_BTS, np.clip(relative_positions(), -16, 16) + 16)
+  # Past the clip distance every key shares the farthest bucket.
   long_positions = jnp.broadcast_to(jnp.arange(T) * 3, (2, T))
   model, _ = make(positional='shaw')
   far = Positional(model.cfg).apply({'params': params['positional']}, long_positions,
                                     method='attention_bias')
-  np.testing.assert_allclose(far.key_BTSH[0, 11, :6], jnp.broadcast_to(rel_key[0], (6, 8)))
-  np.testing.assert_allclose(far.key_BTSH[0, 11, 6], rel_key[1])
+  np.testing.assert_array_equal(far.rel_index_BTS[0, 11, :6], 0)
+  assert far.rel_index_BTS[0, 11, 6] == 1
 
 
 def test_shaw_with_zero_tables_is_nope():
@@ -219,22 +219,25 @@ def test_attention_terms_match_a_direct_computation(logit_heads):
   rng = np.random.RandomState(5)
   q = rng.normal(size=(b, t, n, h))
   k, v = rng.normal(size=(2, b, t, kv, h))
-  rel_k, rel_v = rng.normal(size=(2, b, t, t, h))
+  buckets = 7
+  rel_k, rel_v = rng.normal(size=(2, buckets, h))
+  index = rng.randint(0, buckets, size=(b, t, t))
   logit_bias = rng.normal(size=(b, logit_heads, t, t))
   mask = np.asarray(attention_lib.attention_mask(jnp.ones((b, t), jnp.int32)))
   out = jax.jit(attention_lib.dot_product_attention)(
       *map(jnp.asarray, (q, k, v, mask)),
       attention_lib.AttentionBias(logits_BNTS=jnp.asarray(logit_bias),
-                                  key_BTSH=jnp.asarray(rel_k), value_BTSH=jnp.asarray(rel_v)))
+                                  rel_key_DH=jnp.asarray(rel_k), rel_value_DH=jnp.asarray(rel_v),
+                                  rel_index_BTS=jnp.asarray(index)))
   expected = np.zeros_like(q)
   for bi in range(b):
     for ni in range(n):
       kvi = ni // (n // kv)
       for ti in range(t):
-        e = np.array([q[bi, ti, ni] @ (k[bi, s, kvi] + rel_k[bi, ti, s]) / math.sqrt(h)
+        e = np.array([q[bi, ti, ni] @ (k[bi, s, kvi] + rel_k[index[bi, ti, s]]) / math.sqrt(h)
                       + logit_bias[bi, ni % logit_heads, ti, s] for s in range(ti + 1)])
         p = np.exp(e - e.max()) / np.exp(e - e.max()).sum()
-        expected[bi, ti, ni] = sum(p[s] * (v[bi, s, kvi] + rel_v[bi, ti, s])
+        expected[bi, ti, ni] = sum(p[s] * (v[bi, s, kvi] + rel_v[index[bi, ti, s]])
                                    for s in range(ti + 1))
   np.testing.assert_allclose(out, expected, atol=1e-5)
 

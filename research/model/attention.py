@@ -56,31 +56,45 @@ class AttentionBias:
 
   Every field is optional, and each is computed once per forward and shared by all layers.
   logits_BNTS: added to the scaled logits (ALiBi, T5 bias); N is the query heads or 1.
-  key_BTSH, value_BTSH: relative representations (Shaw et al. 2018), a vector per query/key pair:
-    logits[t, s] += q_t . key[t, s] inside the 1/sqrt(H) scaling; out_t += sum_s p_ts value[t, s].
-    They take O(B T^2 H) memory, so they suit the short contexts this codebase trains at.
+  rel_key_DH, rel_value_DH, rel_index_BTS: relative representations (Shaw et al. 2018), one
+    vector per distance bucket d and the bucket of each query/key pair, r[t, s] = table[index[t, s]]:
+    logits[t, s] += q_t . r_key[t, s] inside the 1/sqrt(H) scaling; out_t += sum_s p_ts r_value[t, s].
+    Kept as tables and indices (O(B T S) memory, not O(B T S H)): the attention takes q against
+    every bucket in one matmul and gathers, and sums the probabilities per bucket before one
+    matmul with the value table.
   """
   logits_BNTS: Optional[jax.Array] = None
-  key_BTSH: Optional[jax.Array] = None
-  value_BTSH: Optional[jax.Array] = None
+  rel_key_DH: Optional[jax.Array] = None
+  rel_value_DH: Optional[jax.Array] = None
+  rel_index_BTS: Optional[jax.Array] = None
+
+
+def bucket_sums(x_BKGTS, index_BTS, num_buckets: int):
+  """sum over s of x[..., t, s] into bucket index[b, t, s]: [B, K, G, T, num_buckets]."""
+  onto = jnp.zeros(x_BKGTS.shape[:-1] + (num_buckets,), x_BKGTS.dtype)
+  b, k, g, t, _ = x_BKGTS.shape
+  lead = tuple(jnp.arange(size).reshape((-1,) + (1,) * (4 - axis))
+               for axis, size in enumerate((b, k, g, t)))
+  return onto.at[(*lead, index_BTS[:, None, None])].add(x_BKGTS)
 
 
 def dot_product_attention(q_BTNH, k_BSKH, v_BSKH, mask,
                           bias: Optional[AttentionBias] = None):
   """softmax(q (k + r_k)^T / sqrt(H) + b) (v + r_v), K key/value heads shared by N // K query heads.
 
-  mask: a Mask or a [B, 1, T, S] bool array. r_k = bias.key_BTSH, r_v = bias.value_BTSH and
-  b = bias.logits_BNTS, each only where given.
+  mask: a Mask or a [B, 1, T, S] bool array. r_k[t, s] = bias.rel_key_DH[bias.rel_index_BTS[t, s]],
+  r_v likewise, and b = bias.logits_BNTS, each only where given.
   """
   bias = bias or AttentionBias()
   b, t, n, h = q_BTNH.shape
   k = k_BSKH.shape[2]
   q_BTKGH = q_BTNH.reshape(b, t, k, n // k, h)
   logits_BKGTS = jnp.einsum('btkgh,bskh->bkgts', q_BTKGH, k_BSKH).astype(jnp.float32)
-  if bias.key_BTSH is not None:
+  if bias.rel_key_DH is not None:
     # Shaw et al. eq. 4: the relative key joins the key inside the scaled product.
-    logits_BKGTS += jnp.einsum('btkgh,btsh->bkgts', q_BTKGH,
-                               bias.key_BTSH.astype(q_BTNH.dtype)).astype(jnp.float32)
+    qr_BKGTD = jnp.einsum('btkgh,dh->bkgtd', q_BTKGH, bias.rel_key_DH.astype(q_BTNH.dtype))
+    logits_BKGTS += jnp.take_along_axis(qr_BKGTD, bias.rel_index_BTS[:, None, None], axis=-1,
+                                        mode='clip').astype(jnp.float32)
   logits_BKGTS *= h ** -0.5
   if bias.logits_BNTS is not None:
     # Query head n = kv head * (N // K) + group index, the order of the reshape of q above.
@@ -91,9 +105,10 @@ def dot_product_attention(q_BTNH, k_BSKH, v_BSKH, mask,
   logits_BKGTS = jnp.where(mask_array(mask)[:, :, None], logits_BKGTS, jnp.finfo(jnp.float32).min)
   probs_BKGTS = jax.nn.softmax(logits_BKGTS, axis=-1).astype(v_BSKH.dtype)
   out_BTKGH = jnp.einsum('bkgts,bskh->btkgh', probs_BKGTS, v_BSKH)
-  if bias.value_BTSH is not None:
-    out_BTKGH += jnp.einsum('bkgts,btsh->btkgh', probs_BKGTS,
-                            bias.value_BTSH.astype(v_BSKH.dtype))
+  if bias.rel_value_DH is not None:
+    table_DH = bias.rel_value_DH.astype(v_BSKH.dtype)
+    per_bucket_BKGTD = bucket_sums(probs_BKGTS, bias.rel_index_BTS, table_DH.shape[0])
+    out_BTKGH += jnp.einsum('bkgtd,dh->btkgh', per_bucket_BKGTD, table_DH)
   return out_BTKGH.reshape(b, t, n, h)
 
 
@@ -142,8 +157,8 @@ def blocked_causal_attention(q_BTNH, k_BSKH, v_BSKH, mask, bias=None, *, num_blo
       block_mask = mask.block(i * size, (i + 1) * size, 0, k_end)
     else:
       block_mask = cut(mask, 2, 3)
-    part = AttentionBias(logits_BNTS=cut(bias.logits_BNTS, 2, 3),
-                         key_BTSH=cut(bias.key_BTSH, 1, 2), value_BTSH=cut(bias.value_BTSH, 1, 2))
+    part = bias.replace(logits_BNTS=cut(bias.logits_BNTS, 2, 3),
+                        rel_index_BTS=cut(bias.rel_index_BTS, 1, 2))
     outs.append(dot_product_attention(q_BTNH[:, q_sl], k_BSKH[:, :k_end], v_BSKH[:, :k_end],
                                       block_mask, part))
   return jnp.concatenate(outs, axis=1)
@@ -161,7 +176,7 @@ def attend(q_BTNH, k_BSKH, v_BSKH, mask, bias=None, *, impl='einsum', causal=Tru
   if impl == 'blocked':
     return blocked_causal_attention(q_BTNH, k_BSKH, v_BSKH, mask, bias)
   bias = bias or AttentionBias()
-  if bias.key_BTSH is not None or bias.value_BTSH is not None:
+  if bias.rel_key_DH is not None or bias.rel_value_DH is not None:
     raise ValueError(f'attention impl {impl} cannot add relative key/value vectors (shaw)')
   logits_bias = bias.logits_BNTS
   if logits_bias is not None:
@@ -198,7 +213,7 @@ class Attention(nn.Module):
     if self.transform_qk is not None:
       q, k = self.transform_qk(q, k, positions_BT)
     impl = resolve_impl(cfg.attention_impl, dtype=self.dtype,
-                        has_relative_kv=bias is not None and bias.key_BTSH is not None)
+                        has_relative_kv=bias is not None and bias.rel_key_DH is not None)
     out_BTNH = nn.with_logical_constraint(
         attend(q, k, v, mask, bias, impl=impl, causal=True), heads_axes)
     out_BTD = layers.Projection((cfg.num_heads, cfg.head_dim), (d,), ('heads', 'kv', 'embed'),

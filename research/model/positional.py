@@ -167,6 +167,6 @@ class Positional(nn.Module):
     if cfg.positional == 'shaw':
       k = cfg.shaw_max_distance
       index_BTS = jnp.clip(rel_BTS, -k, k) + k
-      return AttentionBias(key_BTSH=jnp.take(self.rel_key, index_BTS, axis=0),
-                           value_BTSH=jnp.take(self.rel_value, index_BTS, axis=0))
+      return AttentionBias(rel_key_DH=self.rel_key, rel_value_DH=self.rel_value,
+                           rel_index_BTS=index_BTS)
     return None
