@@ -20,8 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from research import config as config_lib
-from research import cpu
-from research import distributed, parallel
+from research import cpu, distributed, parallel
 from research.data import cache, loader as loader_lib, sources, tokenizers
 from research.errors import ConfigError
 from research.model import decode
