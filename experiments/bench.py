@@ -2,7 +2,7 @@
 
   python -m launch.bench --config=experiments/bench.py:small --reference=torch
 
-(about 1 minute on the 2-core CPU for 'small' with the default 3 x 10 steps each, 4 for 'medium';
+(about 1 minute on the 2-core CPU for 'small' with the default 3 x 10 steps each, 2 for 'medium';
 --reference=torch needs `pip install -r requirements-bench.txt`). Presets:
   small      GPT-2 block, bytes (257 tokens), 4 layers, d_model 256, 4 heads, 256 x 8 tokens a step
   small4096  the same with a 4096-token BPE: the output projection grows 16x

@@ -67,13 +67,7 @@ def fail(message: str):
 
 
 def run(main):
-  """absl's app.run, with ConfigError (and flag errors) as 'error: ...' and exit status 2.
-
-  On the CPU, first makes malloc keep the memory XLA frees each step (research/cpu.py).
-  """
-  from research import cpu
-  if cpu.will_run_on_cpu():
-    cpu.keep_freed_memory()
+  """absl's app.run, with ConfigError (and flag errors) as 'error: ...' and exit status 2."""
 
   @functools.wraps(main)
   def guarded(argv):
@@ -89,7 +83,11 @@ def run(main):
 
 
 def load_config(holder):
-  """The validated config of a --config flag (config_flags loads the file on first access)."""
+  """The validated config of a --config flag (config_flags loads the file on first access).
+
+  On the CPU, for a step with large temporaries, also makes malloc keep the memory XLA frees
+  each step (research/cpu.py): here, because every main loads its config before starting JAX.
+  """
   from research import config as config_lib
   path = flags.FLAGS[holder.name].config_filename if holder.present else None
   if path and not os.path.isfile(path.split(':', 1)[0]):
@@ -101,4 +99,7 @@ def load_config(holder):
   except Exception as e:  # an error inside the experiment file's get_config
     raise ConfigError(f'--{holder.name}={path}: {_one_line(e)}') from None
   config_lib.validate(config)
+  from research import cpu
+  if cpu.will_run_on_cpu() and cpu.needs_large_temporaries(config):
+    cpu.keep_freed_memory()  # before JAX starts: the mains load their config first
   return config

@@ -7,14 +7,19 @@ import os
 import sys
 from importlib import metadata, util
 
-# glibc's mallopt parameters (malloc.h).
+# glibc's mallopt parameters (malloc.h), and the largest block it serves from its heap: bigger
+# ones are mmapped and unmapped at every malloc and free.
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+_MMAP_CEILING = 32 << 20
 
 # XLA:CPU hands dots, reductions and elementwise fusions to its YNNPACK library by default. Its
-# dots ran slower than XLA's Eigen ones here (batched attention products at ~85 against ~140
-# GFLOP/s on 2 cores), so only reductions go to YNNPACK: 5-10% more train tokens/s for `small`.
+# dots ran slower than XLA's Eigen ones for the wider models (batched attention products at ~85
+# against ~140 GFLOP/s on 2 cores), so there only reductions go to YNNPACK: 5-10% more train
+# tokens/s at d_model 256 and 512. At d_model 128 YNNPACK's dots won by 15-25% (the positional
+# sweeps' models), so narrower models keep XLA's defaults.
 _YNN_FLAG = 'xla_cpu_experimental_ynn_fusion_type'
 CPU_COMPILER_OPTIONS = {_YNN_FLAG: 'LIBRARY_FUSION_TYPE_REDUCE'}
+EIGEN_DOTS_FROM_D_MODEL = 256
 
 
 def will_run_on_cpu() -> bool:
@@ -26,6 +31,16 @@ def will_run_on_cpu() -> bool:
   return not metadata.entry_points(group='jax_plugins') and util.find_spec('libtpu') is None
 
 
+def needs_large_temporaries(config) -> bool:
+  """Whether a train step of `config` likely needs a temporary buffer above glibc's mmap
+  ceiling, estimated before anything is compiled at 128 bytes per token, layer and model
+  dimension (XLA:CPU's buffer measured 118-200: 260 MB for `small`, 122 MB for the
+  lost-in-the-middle config, 0.8 MB for the tests' 1-layer d_model 32 model)."""
+  m = config.model
+  return 128 * config.train.batch_size * config.data.seq_len * m.d_model * m.num_layers > (
+      _MMAP_CEILING)
+
+
 def keep_freed_memory() -> bool:
   """Make glibc's malloc keep freed memory for reuse instead of handing it back to the kernel.
 
@@ -33,8 +48,12 @@ def keep_freed_memory() -> bool:
   `small` bench step), above the largest size glibc serves from its heap (32 MB), so it is
   mmapped and unmapped each step and the kernel faults and zeroes every page again: 74,000 page
   faults and 0.15 s of system time a step, measured. One arena that neither mmaps nor trims
-  serves the same memory every step (about 13% more tokens/s). Call it before JAX starts its
-  threads, which keep the arena they first used. Returns whether it applied (glibc only).
+  serves the same memory every step (about 13% more tokens/s). The one arena costs the threads
+  of XLA's compiler and of small steps' dispatch contention for its lock (the tests' 1-layer
+  d_model 32 run: compile 7-9 s against 10-10.5 s, 200 steps 0.2 s against 0.4-0.6 s), so only
+  steps that need large temporaries want it. Call it before JAX starts its threads (importing
+  jax starts none), which keep the arena they first used. Returns whether it applied (glibc
+  only).
   """
   if not sys.platform.startswith('linux'):
     return False
@@ -46,9 +65,10 @@ def keep_freed_memory() -> bool:
                                              (_M_TRIM_THRESHOLD, -1)))
 
 
-def compiler_options(platform: str):
-  """jax.jit compiler_options for a step on `platform` (None: XLA's defaults). A flag the user
-  already gave in XLA_FLAGS wins."""
-  if platform != 'cpu' or _YNN_FLAG in os.environ.get('XLA_FLAGS', ''):
+def compiler_options(platform: str, d_model: int):
+  """jax.jit compiler_options for the steps of a model of width `d_model` on `platform` (None:
+  XLA's defaults). A flag the user already gave in XLA_FLAGS wins."""
+  if (platform != 'cpu' or d_model < EIGEN_DOTS_FROM_D_MODEL
+      or _YNN_FLAG in os.environ.get('XLA_FLAGS', '')):
     return None
   return dict(CPU_COMPILER_OPTIONS)

@@ -1,5 +1,6 @@
-"""research/cpu.py: the malloc setting stops XLA's per-call page faults; the compiler options
-take dots off YNNPACK on the CPU only, and a flag the user set wins."""
+"""research/cpu.py: the malloc setting stops XLA's per-call page faults, and the estimate that
+decides it agrees with the compiled step; the compiler options take wide models' dots off
+YNNPACK on the CPU only, and a flag the user set wins."""
 
 import json
 import subprocess
@@ -8,7 +9,9 @@ import sys
 import jax
 import jax.numpy as jnp
 
-from research import cpu
+from experiments.positional import lost_in_middle
+from research import config as config_lib, cpu, parallel
+from research.train import loop
 from tests.conftest import ROOT
 
 # A jitted cumsum over 32 MB keeps a temporary buffer above glibc's 32 MB mmap ceiling, so by
@@ -45,6 +48,25 @@ def test_keep_freed_memory_stops_the_page_faults_of_each_call():
   assert kept < default / 20
 
 
+def _step_temp_bytes(config):
+  data = loop.prepare_data(config)
+  tr = loop.make_trainer(config_lib.resolve(config, vocab_size=data.tokenizer.vocab_size),
+                         parallel.make_mesh(config.mesh.shape))
+  state = tr.init(jax.random.PRNGKey(0))
+  batch = jax.device_put(data.train_batch(0), tr.batch_sh)
+  return tr.train_fn.lower(state, batch).compile().memory_analysis().temp_size_in_bytes
+
+
+def test_large_temporaries_estimate_agrees_with_the_compiled_step():
+  """The config-only estimate that decides the malloc setting sides with XLA's real buffer."""
+  wide = lost_in_middle.get_config('cpu')  # 2 layers, d_model 128, 128 x 32 tokens
+  tiny = lost_in_middle.get_config('cpu')
+  tiny.model.num_layers, tiny.model.d_model, tiny.train.batch_size = 1, 32, 4
+  for config, large in ((wide, True), (tiny, False)):
+    assert cpu.needs_large_temporaries(config) == large
+    assert (_step_temp_bytes(config) > cpu._MMAP_CEILING) == large
+
+
 def test_will_run_on_cpu_follows_jax_platforms(monkeypatch):
   monkeypatch.setenv('JAX_PLATFORMS', 'cpu')
   assert cpu.will_run_on_cpu()
@@ -57,14 +79,15 @@ def _ynn_dots(compiled_text):
   return sum('ynn_fusion' in line and 'dot_general' in line for line in compiled_text.splitlines())
 
 
-def test_compiler_options_take_dots_off_ynnpack_on_cpu_only(monkeypatch):
+def test_compiler_options_take_wide_models_dots_off_ynnpack_on_cpu_only(monkeypatch):
   monkeypatch.delenv('XLA_FLAGS', raising=False)
-  assert cpu.compiler_options('gpu') is None and cpu.compiler_options('tpu') is None
-  options = cpu.compiler_options('cpu')
+  assert cpu.compiler_options('gpu', 512) is None and cpu.compiler_options('tpu', 512) is None
+  assert cpu.compiler_options('cpu', cpu.EIGEN_DOTS_FROM_D_MODEL - 1) is None
+  options = cpu.compiler_options('cpu', cpu.EIGEN_DOTS_FROM_D_MODEL)
   a = jnp.ones((64, 64))
   fn = lambda x, y: x @ y  # noqa: E731
   default = jax.jit(fn).lower(a, a).compile().as_text()
   ours = jax.jit(fn, compiler_options=options).lower(a, a).compile().as_text()
   assert _ynn_dots(default) == 1 and _ynn_dots(ours) == 0
   monkeypatch.setenv('XLA_FLAGS', '--xla_cpu_experimental_ynn_fusion_type=')
-  assert cpu.compiler_options('cpu') is None
+  assert cpu.compiler_options('cpu', 512) is None

@@ -103,12 +103,13 @@ def dot_product_attention(q_BTNH, k_BSKH, v_BSKH, mask,
     logits_BKGTS += logits_BNTS.reshape(logits_BNTS.shape[0], min(heads, k), -1,
                                         *logits_BNTS.shape[-2:])
   logits_BKGTS = jnp.where(mask_array(mask)[:, :, None], logits_BKGTS, jnp.finfo(jnp.float32).min)
-  probs_BKGTS = jax.nn.softmax(logits_BKGTS, axis=-1).astype(v_BSKH.dtype)
-  out_BTKGH = jnp.einsum('bkgts,bskh->btkgh', probs_BKGTS, v_BSKH)
+  probs32_BKGTS = jax.nn.softmax(logits_BKGTS, axis=-1)
+  out_BTKGH = jnp.einsum('bkgts,bskh->btkgh', probs32_BKGTS.astype(v_BSKH.dtype), v_BSKH)
   if bias.rel_value_DH is not None:
-    table_DH = bias.rel_value_DH.astype(v_BSKH.dtype)
-    per_bucket_BKGTD = bucket_sums(probs_BKGTS, bias.rel_index_BTS, table_DH.shape[0])
-    out_BTKGH += jnp.einsum('bkgtd,dh->btkgh', per_bucket_BKGTD, table_DH)
+    # Summed per bucket in float32 (a scatter-add accumulates one term at a time).
+    table_DH = bias.rel_value_DH.astype(jnp.float32)
+    per_bucket_BKGTD = bucket_sums(probs32_BKGTS, bias.rel_index_BTS, table_DH.shape[0])
+    out_BTKGH += jnp.einsum('bkgtd,dh->btkgh', per_bucket_BKGTD, table_DH).astype(v_BSKH.dtype)
   return out_BTKGH.reshape(b, t, n, h)
 
 
@@ -202,8 +203,8 @@ class Attention(nn.Module):
     d = x_BTD.shape[-1]
 
     def heads_in(name, heads):
-      return layers.Projection((d,), (heads, cfg.head_dim), ('embed', 'heads', 'kv'), cfg.use_bias,
-                        cfg.init_std, self.dtype, name=name)(x_BTD)
+      return layers.Projection((d,), (heads, cfg.head_dim), ('embed', 'heads', 'kv'),
+                               cfg.use_bias, cfg.init_std, self.dtype, name=name)(x_BTD)
 
     heads_axes = ('batch', 'length', 'heads', 'kv')
     q = heads_in('query', cfg.num_heads)
@@ -217,5 +218,5 @@ class Attention(nn.Module):
     out_BTNH = nn.with_logical_constraint(
         attend(q, k, v, mask, bias, impl=impl, causal=True), heads_axes)
     out_BTD = layers.Projection((cfg.num_heads, cfg.head_dim), (d,), ('heads', 'kv', 'embed'),
-                         cfg.use_bias, self.out_init_std, self.dtype, name='out')(out_BTNH)
+                                cfg.use_bias, self.out_init_std, self.dtype, name='out')(out_BTNH)
     return nn.Dropout(cfg.dropout)(out_BTD, deterministic=deterministic)

@@ -33,19 +33,21 @@ def matmul_peak(dtype="float32", n: int = 1024, repeats: int = 10, min_seconds: 
   """FLOP/s of one device's best square matmul of this dtype, timed here and now: the best of at
   least `repeats` timings spread over at least `min_seconds`, so that a moment of contention on a
   shared machine does not pass for the peak; and the better of XLA's default compiler options
-  and those the train step compiles with (research/cpu.py), so that neither sets a low bar."""
+  and those a wide model's train step compiles with (research/cpu.py), timed in turn within the
+  same `min_seconds`, so neither sets a low bar."""
   a = jnp.ones((n, n), dtype)
-  step_options = cpu.compiler_options(jax.default_backend())
-  best = float('inf')
-  for opts in [None] + ([step_options] if step_options else []):
-    f = jax.jit(lambda x, y: x @ y, compiler_options=opts)
+  step_options = cpu.compiler_options(jax.default_backend(), d_model=n)
+  fns = [jax.jit(lambda x, y: x @ y, compiler_options=opts)
+         for opts in [None] + ([step_options] if step_options else [])]
+  for f in fns:
     f(a, a).block_until_ready()
-    count, start = 0, time.perf_counter()
-    while count < repeats or time.perf_counter() - start < min_seconds:
+  best, count, start = float('inf'), 0, time.perf_counter()
+  while count < repeats or time.perf_counter() - start < min_seconds:
+    for f in fns:
       t = time.perf_counter()
       f(a, a).block_until_ready()
       best = min(best, time.perf_counter() - t)
-      count += 1
+    count += 1
   return 2 * n ** 3 / best
 
 

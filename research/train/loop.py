@@ -226,7 +226,7 @@ def make_trainer(resolved, mesh) -> Trainer:
 
   check_shardable(jax.eval_shape(unboxed_init, jax.random.PRNGKey(0)), state_sh)
   init = InMesh(jax.jit(unboxed_init, out_shardings=state_sh), mesh, rules)
-  options = cpu.compiler_options(platform)
+  options = cpu.compiler_options(platform, resolved.model.d_model)
   train_fn = InMesh(jax.jit(
       functools.partial(step_lib.train_step, model=model, tx=tx, train_cfg=resolved.train,
                         seed=resolved.seed),
