@@ -74,14 +74,23 @@ def test_rerun_of_finished_run_does_nothing(finished_run, cache_dir):
   assert metrics(workdir) == before
 
 
+RESUME_STEPS = 200
+
+
+@pytest.fixture(scope='module')
+def whole_run(tmp_path_factory, cache_dir):
+  """The uninterrupted run both interruptions are compared with."""
+  whole = str(tmp_path_factory.mktemp('whole') / 'whole')
+  r = run_cli('launch.train', *train_args(whole, cache_dir, steps=RESUME_STEPS))
+  assert r.returncode == 0, r.stderr
+  return whole
+
+
 @pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGKILL])
-def test_interrupted_run_resumes_to_the_same_metrics(tmp_path, cache_dir, sig):
+def test_interrupted_run_resumes_to_the_same_metrics(tmp_path, cache_dir, whole_run, sig):
   """SIGTERM saves a checkpoint and exits; SIGKILL loses the steps since the last checkpoint.
   Either way, re-running the command reproduces the uninterrupted run's metrics exactly."""
-  steps = 200
-  whole = str(tmp_path / 'whole')
-  r = run_cli('launch.train', *train_args(whole, cache_dir, steps=steps))
-  assert r.returncode == 0, r.stderr
+  steps, whole = RESUME_STEPS, whole_run
 
   cut = str(tmp_path / 'cut')
   args = train_args(cut, cache_dir, steps=steps)
