@@ -1,6 +1,7 @@
 """Settings for training on the CPU that live outside the model: the process's malloc, and the
 XLA:CPU compiler options of the jitted steps. Both measured on launch.bench's presets
-(README, Performance); neither changes a value the step computes."""
+(README, Performance). The malloc setting changes no value; under either dot library the
+measured losses agreed to the last digit printed."""
 
 import ctypes
 import os
@@ -48,10 +49,10 @@ def keep_freed_memory() -> bool:
   `small` bench step), above the largest size glibc serves from its heap (32 MB), so it is
   mmapped and unmapped each step and the kernel faults and zeroes every page again: 74,000 page
   faults and 0.15 s of system time a step, measured. One arena that neither mmaps nor trims
-  serves the same memory every step (about 13% more tokens/s). The one arena costs the threads
-  of XLA's compiler and of small steps' dispatch contention for its lock (the tests' 1-layer
-  d_model 32 run: compile 7-9 s against 10-10.5 s, 200 steps 0.2 s against 0.4-0.6 s), so only
-  steps that need large temporaries want it. Call it before JAX starts its threads (importing
+  serves the same memory every step (about 13% more tokens/s). But XLA's compiler threads and a
+  small step's dispatch then contend for the one arena's lock (the tests' 1-layer d_model 32
+  model: compiled in 10-10.5 s with it against 7-9 s without, 200 steps in 0.4-0.6 s against
+  0.2 s), so only steps that need large temporaries want it. Call it before JAX starts its threads (importing
   jax starts none), which keep the arena they first used. Returns whether it applied (glibc
   only).
   """
