@@ -45,16 +45,15 @@ def needs_large_temporaries(config) -> bool:
 def keep_freed_memory() -> bool:
   """Make glibc's malloc keep freed memory for reuse instead of handing it back to the kernel.
 
-  XLA:CPU allocates an executable's temporary buffer afresh at every call (272 MB for the
-  `small` bench step), above the largest size glibc serves from its heap (32 MB), so it is
-  mmapped and unmapped each step and the kernel faults and zeroes every page again: 74,000 page
-  faults and 0.15 s of system time a step, measured. One arena that neither mmaps nor trims
-  serves the same memory every step (about 13% more tokens/s). But XLA's compiler threads and a
-  small step's dispatch then contend for the one arena's lock (the tests' 1-layer d_model 32
-  model: compiled in 10-10.5 s with it against 7-9 s without, 200 steps in 0.4-0.6 s against
-  0.2 s), so only steps that need large temporaries want it. Call it before JAX starts its threads (importing
-  jax starts none), which keep the arena they first used. Returns whether it applied (glibc
-  only).
+  XLA:CPU allocates an executable's temporary buffer afresh at every call (272 MB for the `small`
+  bench step), above the largest size glibc serves from its heap (32 MB), so it is mmapped and
+  unmapped each step and the kernel faults and zeroes every page again: 74,000 page faults and
+  0.15 s of system time a step, measured. One arena that neither mmaps nor trims serves the same
+  memory every step (about 13% more tokens/s). But XLA's compiler threads and a small step's
+  dispatch then contend for the one arena's lock (the tests' 1-layer d_model 32 model: compiled in
+  10-10.5 s with it against 7-9 s without, 200 steps in 0.4-0.6 s against 0.2 s), so only steps
+  that need large temporaries want it. Call it before JAX starts its threads (importing jax starts
+  none), which keep the arena they first used. Returns whether it applied (glibc only).
   """
   if not sys.platform.startswith('linux'):
     return False
