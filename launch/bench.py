@@ -52,6 +52,8 @@ def main(argv):
   from research import config as config_lib, parallel
   from research.train import flops, loop
 
+  # compile_seconds is a compile's; JAX_COMPILATION_CACHE_DIR, if set, would load a cached program.
+  jax.config.update('jax_enable_compilation_cache', False)
   # Measured first, while nothing else of ours is using the cores.
   peak = flops.total_peak(flops.matmul_peak(config.train.compute_dtype))
   mesh = parallel.make_mesh(config.mesh.shape)

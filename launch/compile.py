@@ -115,6 +115,8 @@ def compile_step(config, topology: str) -> dict:
   from research import config as config_lib, parallel
   from research.train import flops, loop
 
+  # The figures are of a compile; JAX_COMPILATION_CACHE_DIR, if set, would load a cached program.
+  jax.config.update('jax_enable_compilation_cache', False)
   devices = topology_devices(topology)
   mesh = parallel.make_mesh(config.mesh.shape, devices)
   loop.check_batch(config, mesh)  # over the devices; this process is the only one here

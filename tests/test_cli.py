@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.conftest import ROOT, TINY, run_cli
+from tests.conftest import ROOT, TINY, cli_env, run_cli
 
 
 def train_args(workdir, cache_dir, *extra, steps=40):
@@ -96,7 +96,7 @@ def test_interrupted_run_resumes_to_the_same_metrics(tmp_path, cache_dir, whole_
   args = train_args(cut, cache_dir, steps=steps)
   proc = subprocess.Popen([sys.executable, '-m', 'launch.train', *args], cwd=ROOT,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          env=dict(os.environ, JAX_PLATFORMS='cpu'))
+                          env=cli_env())
   path = os.path.join(cut, 'metrics.jsonl')
   deadline = time.time() + 240
   while time.time() < deadline and proc.poll() is None:

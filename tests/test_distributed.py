@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, cli_env, run_cli
 from tests.test_cli import metrics, one_line_error, train_args
 
 STEPS = 60
@@ -43,7 +43,7 @@ def test_two_processes_match_one_and_resume_after_sigterm(tmp_path, cache_dir):
 
   two = str(tmp_path / 'two')
   args = train_args(two, cache_dir, steps=STEPS)
-  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  env = cli_env()
   proc = subprocess.Popen(cluster_cmd(*args), cwd=ROOT, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)
   path = os.path.join(two, 'metrics.jsonl')

@@ -7,16 +7,16 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, cli_env
 
 STEPS = 6
 
 
 @pytest.fixture(scope='module')
 def meshes(cache_dir):
-  env = {'XLA_FLAGS': '--xla_force_host_platform_device_count=8', 'JAX_PLATFORMS': 'cpu'}
+  env = cli_env(XLA_FLAGS='--xla_force_host_platform_device_count=8')
   r = subprocess.run([sys.executable, '-m', 'tests.mesh_worker', cache_dir, str(STEPS)], cwd=ROOT,
-                     env=dict(os.environ, **env), capture_output=True, text=True, timeout=600)
+                     env=env, capture_output=True, text=True, timeout=600)
   assert r.returncode == 0, r.stderr[-3000:]
   return json.loads(r.stdout.strip().splitlines()[-1])
 

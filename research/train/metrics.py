@@ -2,6 +2,7 @@
 
 import json
 import os
+import sys
 
 
 class MetricsWriter:
@@ -25,7 +26,7 @@ class MetricsWriter:
         os.replace(tmp, self.path)
     self._file = open(self.path, 'a')
     try:
-      from tensorboardX import SummaryWriter
+      SummaryWriter = _summary_writer_class()
       self._tb = SummaryWriter(workdir, purge_step=resume_step + 1)  # drops events after it
     except ImportError:  # TensorBoard events are a convenience; metrics.jsonl is the record
       self._tb = None
@@ -46,6 +47,24 @@ class MetricsWriter:
       self._file.close()
       if self._tb is not None:
         self._tb.close()
+
+
+def _summary_writer_class():
+  """tensorboardX's SummaryWriter, imported without importing PyTorch.
+
+  tensorboardX imports torch at import time when it is installed (requirements-bench.txt puts it
+  there), only to accept torch tensors, which nothing here passes; that import cost 2.6-3.1 s of
+  every launch on this project's 2-core machine. While tensorboardX loads, torch reads as absent
+  unless something has imported it already (launch.bench --reference=torch)."""
+  if 'torch' in sys.modules:
+    from tensorboardX import SummaryWriter
+    return SummaryWriter
+  sys.modules['torch'] = None  # `import torch` raises ImportError while this stands
+  try:
+    from tensorboardX import SummaryWriter
+  finally:
+    del sys.modules['torch']
+  return SummaryWriter
 
 
 def _plain(v):
