@@ -29,18 +29,26 @@ def cache_dir(tmp_path_factory):
 # hit loads the compiled train, eval, init and sampling programs instead of compiling them again
 # (a TINY 200-step run: 24 s -> 15 s). The first run of each program still compiles it. Tests in
 # this process do not use it, and launch.bench and launch.compile turn it off for themselves.
-_COMPILATION_CACHE = tempfile.mkdtemp(prefix='jax-compilation-cache-')
+# The pytest process that starts the session (the one whose workers pytest-xdist starts, or the
+# only one) makes the directory and removes it at the end; workers inherit its path.
+_CACHE_VAR = 'TESTS_JAX_COMPILATION_CACHE_DIR'
 
 
-def pytest_sessionfinish(session, exitstatus):
-  shutil.rmtree(_COMPILATION_CACHE, ignore_errors=True)
+def pytest_configure(config):
+  if not hasattr(config, 'workerinput'):
+    os.environ[_CACHE_VAR] = tempfile.mkdtemp(prefix='jax-compilation-cache-')
+
+
+def pytest_unconfigure(config):
+  if not hasattr(config, 'workerinput'):
+    shutil.rmtree(os.environ.pop(_CACHE_VAR), ignore_errors=True)
 
 
 def cli_env(**extra):
-  """The environment of a CLI subprocess: this one's, on the CPU, with the shared compilation cache."""
+  """A CLI subprocess's environment: this one's, on the CPU, with the shared compilation cache."""
   env = dict(os.environ, **extra)
   env.setdefault('JAX_PLATFORMS', 'cpu')
-  env.setdefault('JAX_COMPILATION_CACHE_DIR', _COMPILATION_CACHE)
+  env.setdefault('JAX_COMPILATION_CACHE_DIR', os.environ[_CACHE_VAR])
   return env
 
 
