@@ -1,6 +1,10 @@
-"""Optimizer schedules and masks, the loss terms, and the FLOP count, against hand computations."""
+"""Optimizer schedules and masks, the loss terms, and the FLOP count, against hand computations;
+the metrics writer without torch."""
 
+import json
 import math
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -10,6 +14,7 @@ import pytest
 from research import config as config_lib
 from research.model.transformer import ModelConfig
 from research.train import flops, optim, step
+from tests.conftest import ROOT
 
 
 def train_cfg(**kw):
@@ -87,3 +92,28 @@ def test_flops_count_matches_parameters():
   assert flops.matmul_params(cfg) == n_matmul
   assert flops.train_flops_per_token(cfg, T) == 6 * n_matmul + 6 * L * T * d
   assert flops.train_flops_per_token(cfg, T, causal_halving=False) == 6 * n_matmul + 12 * L * T * d
+
+
+_WRITER = '''
+import json, sys
+from research.train import metrics
+w = metrics.MetricsWriter(sys.argv[1])
+w.write(1, 'train', {'loss': 2.5})
+w.close()
+print(json.dumps('torch' in sys.modules))
+import torch  # still importable afterwards
+'''
+
+
+def test_metrics_writer_leaves_torch_unimported(tmp_path):
+  """tensorboardX would import torch (3 s a launch) when it is installed; the writer keeps it out
+  and still writes both the JSONL row and the TensorBoard events."""
+  pytest.importorskip('torch')
+  r = subprocess.run([sys.executable, '-c', _WRITER, str(tmp_path)], cwd=ROOT, capture_output=True,
+                     text=True, timeout=120)
+  assert r.returncode == 0, r.stderr
+  assert json.loads(r.stdout.strip().splitlines()[-1]) is False
+  assert (tmp_path / 'metrics.jsonl').read_text().strip() == json.dumps(
+      {'step': 1, 'split': 'train', 'loss': 2.5})
+  events = [p for p in tmp_path.iterdir() if p.name.startswith('events.out.tfevents')]
+  assert len(events) == 1 and events[0].stat().st_size > 0
