@@ -43,8 +43,8 @@ def cache_dir(tmp_path_factory):
 # JAX's persistent compilation cache (it reads JAX_COMPILATION_CACHE_DIR), shared by every CLI
 # subprocess of the session: the tests start launch.train on the same tiny model many times, and a
 # hit loads the compiled train, eval, init and sampling programs instead of compiling them again
-# (a TINY 200-step run: 24 s -> 15 s). The first run of each program still compiles it. Tests in
-# this process do not use it, and launch.bench and launch.compile turn it off for themselves.
+# (a TINY 200-step run: 18-20 s -> 10-11 s). The first run of each program still compiles it.
+# Tests in this process do not use it, and launch.bench and launch.compile turn it off.
 # The pytest process that starts the session (the one whose workers pytest-xdist starts, or the
 # only one) makes the directory and removes it at the end; workers inherit its path.
 _CACHE_VAR = 'TESTS_JAX_COMPILATION_CACHE_DIR'

@@ -1,7 +1,6 @@
 """The sharded train step on 8 simulated CPU devices: every mesh trains like one device."""
 
 import json
-import os
 import subprocess
 import sys
 
