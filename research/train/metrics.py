@@ -56,14 +56,14 @@ def _summary_writer_class():
   there), only to accept torch tensors, which nothing here passes; that import cost 2.6-3.1 s of
   every launch on this project's 2-core machine. While tensorboardX loads, torch reads as absent
   unless something has imported it already (launch.bench --reference=torch)."""
-  if 'torch' in sys.modules:
-    from tensorboardX import SummaryWriter
-    return SummaryWriter
-  sys.modules['torch'] = None  # `import torch` raises ImportError while this stands
+  hide = 'torch' not in sys.modules
+  if hide:
+    sys.modules['torch'] = None  # `import torch` raises ImportError while this stands
   try:
     from tensorboardX import SummaryWriter
   finally:
-    del sys.modules['torch']
+    if hide:
+      del sys.modules['torch']
   return SummaryWriter
 
 
