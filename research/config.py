@@ -60,7 +60,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.use_bias = True
   c.model.dropout = 0.0
   c.model.init_std = 0.02
-  c.model.vocab_size = 0  # set from the tokenizer at start-up; a value here must match it
+  # 0: the tokenizer's size. A larger value pads the embedding and output rows (nanoGPT's 50304
+  # for GPT-2's 50257: matmul-friendly shapes); padded ids are never inputs, targets or samples.
+  c.model.vocab_size = 0
   # How attention is computed; every choice gives the same values (research/model/attention.py).
   # 'auto': cuDNN flash attention on GPU for 16-bit compute without shaw, 'blocked' on CPU, else
   # 'einsum'.
@@ -237,9 +239,10 @@ def resolve(config, *, vocab_size: int) -> ml_collections.ConfigDict:
   """A copy with derived values filled in, as written to <workdir>/config.json."""
   c = ml_collections.ConfigDict(config.to_dict())
   m = c.model
-  if m.vocab_size and m.vocab_size != vocab_size:
-    raise ConfigError(f'model.vocab_size={m.vocab_size} but the tokenizer has {vocab_size} tokens')
-  m.vocab_size = vocab_size
+  if m.vocab_size and m.vocab_size < vocab_size:
+    raise ConfigError(f'model.vocab_size={m.vocab_size} but the tokenizer has {vocab_size} tokens '
+                      '(0 takes its size; a larger value pads)')
+  m.vocab_size = m.vocab_size or vocab_size
   m.num_kv_heads = m.num_kv_heads or m.num_heads
   m.head_dim = m.head_dim or m.d_model // m.num_heads
   if not m.d_ff:

@@ -36,8 +36,11 @@ def test_resolve_fills_derived_values():
   r = config_lib.resolve(c, vocab_size=300)
   assert (r.model.vocab_size, r.model.num_kv_heads, r.model.head_dim, r.model.d_ff,
           r.model.max_len) == (300, 4, 64, 704, 256)
-  c.model.vocab_size = 301
-  with pytest.raises(ConfigError, match='model.vocab_size=301'):
+  # A larger model.vocab_size pads the tokenizer's vocabulary; a smaller one cannot hold it.
+  c.model.vocab_size = 304
+  assert config_lib.resolve(c, vocab_size=300).model.vocab_size == 304
+  c.model.vocab_size = 299
+  with pytest.raises(ConfigError, match='model.vocab_size=299 but the tokenizer has 300'):
     config_lib.resolve(c, vocab_size=300)
 
 

@@ -274,3 +274,45 @@ def test_norms_backward_matches_flax_autodiff():
       for u, w in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_allclose(u, w, rtol=1e-5, atol=1e-5, err_msg=kind)
     np.testing.assert_allclose(ours.apply(ref_params, x), ref.apply(ref_params, x), atol=1e-5)
+
+
+class _FavoursPadding:
+  """A stand-in model whose logits favour ids 10 and 11 (padding when the tokenizer has 10) and,
+  among the real ids, id 3."""
+
+  def apply(self, variables, tokens_NL, positions_NL, segments_NL):
+    n, length = tokens_NL.shape
+    return jnp.zeros((n, length, 12)).at[..., 3].set(1.0).at[..., 10:].set(5.0)
+
+
+def test_sampling_never_draws_the_padded_vocabulary_rows():
+  from research.model import decode
+  kwargs = dict(num_samples=64, max_new_tokens=7, seed=0, seq_len=8, eot_id=0)
+  greedy = decode.generate(_FavoursPadding(), {}, [0], temperature=0.0, vocab_size=10, **kwargs)
+  assert greedy == [[3] * 7] * 64
+  drawn = decode.generate(_FavoursPadding(), {}, [0], temperature=1.0, vocab_size=10, **kwargs)
+  ids = {i for row in drawn for i in row}
+  assert ids <= set(range(10)) and len(ids) > 3
+  # Unpadded, the same logits give the padding ids almost every draw: the cut above is real.
+  drawn = decode.generate(_FavoursPadding(), {}, [0], temperature=1.0, vocab_size=12, **kwargs)
+  assert sum(i >= 10 for row in drawn for i in row) > 0.9 * 64 * 7
+
+
+def test_gpt2_124m_bench_preset_has_gpt2_small_shapes():
+  """experiments/bench.py:gpt2_124m, the GPU benchmark: GPT-2 small with nanoGPT's padded vocabulary
+  (124,439,808 parameters at 50,257 rows, plus 47 * 768), abstractly initialized (no compute)."""
+  from experiments import bench
+  from research.train import flops
+  c = bench.get_config('gpt2_124m')
+  config_lib.validate(c)
+  cfg = ModelConfig.from_config(config_lib.resolve(c, vocab_size=257))
+  assert (cfg.vocab_size, cfg.num_layers, cfg.d_model, cfg.num_heads, cfg.d_ff) == (
+      50304, 12, 768, 12, 3072)
+  ids = jax.ShapeDtypeStruct((1, 1024), jnp.int32)
+  shapes = jax.eval_shape(lambda x: Decoder(cfg).init(jax.random.PRNGKey(0), x, x, x), ids)
+  params = nn.meta.unbox(shapes['params'])
+  assert sum(x.size for x in jax.tree.leaves(params)) == 124_439_808 + 47 * 768
+  assert params['embed']['embedding'].shape == (50304, 768)
+  n_matmul = 12 * (4 * 768 ** 2 + 2 * 768 * 3072) + 768 * 50304
+  assert flops.train_flops_per_token(cfg, 1024) == 6 * n_matmul + 6 * 12 * 1024 * 768
+  assert cfg.dtype == 'bfloat16' and c.train.batch_size * c.data.seq_len == 32 * 1024

@@ -226,7 +226,7 @@ def evaluate_run(workdir: str, *, rows: int = 256) -> dict:
   <workdir>/kv_depths.json and returns its content."""
   resolved, tr, params, step = restore_run(workdir)
   d = resolved.data
-  if resolved.model.vocab_size != VOCAB_SIZE:
+  if d.source != 'kv_retrieval':
     raise ConfigError(f'--workdir={workdir}: a run on data.source={d.source} '
                       f'(model.vocab_size={resolved.model.vocab_size}), not a kv_retrieval run')
   shape = dict(num_pairs=d.kv_pairs, key_len=d.kv_key_len, value_len=d.kv_value_len)

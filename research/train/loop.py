@@ -427,7 +427,7 @@ def sample_text(model, params, tokenizer, resolved) -> list:
   rows = decode.generate(model, params, [tokenizer.eot_id] + prompt, num_samples=s.num_samples,
                          max_new_tokens=s.max_new_tokens, temperature=s.temperature,
                          seed=resolved.seed, seq_len=resolved.data.seq_len,
-                         eot_id=tokenizer.eot_id)
+                         eot_id=tokenizer.eot_id, vocab_size=tokenizer.vocab_size)
   return [s.prompt + tokenizer.decode(r) for r in rows]
 
 
