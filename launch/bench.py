@@ -6,7 +6,9 @@
 Reports train tokens/s and step time (best of `repeats` timings of `steps` steps each, after
 compilation), compile time, model FLOPs per token (research/train/flops.py says what is counted),
 the float32/bfloat16 matmul peak measured on this device before and after the timings (the higher
-of the two), MFU against it, and the loader's batches/s.
+of the two), MFU against it (mfu_of_measured_peak) and against the peak research/train/flops.py
+picks (mfu: the datasheet's dense 16-bit figure on a known GPU or TPU in 16-bit compute, else
+the measured one), and the loader's batches/s.
 
 --reference=torch also trains launch/torch_reference.py's PyTorch eager copy of the same model
 and optimizer from the same initial parameters on the same batches, timing the two alternately
@@ -107,12 +109,14 @@ def main(argv):
     n += 1
   loader_bps = n / (time.perf_counter() - t)
 
+  mfu_peak, peak_source = flops.mfu_peak(resolved.train.compute_dtype, peak)
   fpt = flops.train_flops_per_token(tr.cfg, resolved.data.seq_len)
   tokens = resolved.train.batch_size * resolved.data.seq_len
   out = {
       'tokens_per_sec': tokens / best, 'step_seconds': best, 'compile_seconds': compile_s,
       'flops_per_token': fpt, 'flops_note': '6*N_matmul + 6*L*T*d_attn (causal attention halved)',
-      'matmul_peak_flops': peak, 'mfu': tokens / best * fpt / peak,
+      'matmul_peak_flops': peak, 'mfu_peak_flops': mfu_peak, 'mfu_peak_source': peak_source,
+      'mfu': tokens / best * fpt / mfu_peak, 'mfu_of_measured_peak': tokens / best * fpt / peak,
       'loader_batches_per_sec': loader_bps, 'loader_over_step': loader_bps * best,
       'device': jax.devices()[0].device_kind, 'devices': jax.device_count(),
       'compute_dtype': resolved.train.compute_dtype,
@@ -127,7 +131,7 @@ def main(argv):
         'torch_threads': torch.get_num_threads(),
         'torch_attention': 'segment mask' if ref.document_mask else 'is_causal',
         'torch_tokens_per_sec': tokens / ref_best, 'torch_step_seconds': ref_best,
-        'torch_mfu': tokens / ref_best * fpt / peak,
+        'torch_mfu': tokens / ref_best * fpt / mfu_peak,
         'torch_step_seconds_per_repeat': ref_times,
         'ratio_vs_torch': ref_best / best,
         # Both trained the same steps from the same parameters: these should nearly agree.

@@ -30,4 +30,8 @@ def test_bench_reports_consistent_figures(tmp_path, cache_dir):
   assert out['flops_per_token'] == flops.train_flops_per_token(cfg, 32)
   assert abs(out['mfu'] - out['tokens_per_sec'] * out['flops_per_token']
              / out['matmul_peak_flops']) < 1e-9
+  # On the CPU MFU divides by the measured peak (no datasheet figure).
+  assert out['mfu_peak_source'] == 'measured'
+  assert out['mfu_peak_flops'] == out['matmul_peak_flops']
+  assert out['mfu_of_measured_peak'] == out['mfu']
   assert out['matmul_peak_flops'] > 1e9 and out['loader_batches_per_sec'] > 0

@@ -94,6 +94,20 @@ def test_flops_count_matches_parameters():
   assert flops.train_flops_per_token(cfg, T, causal_halving=False) == 6 * n_matmul + 12 * L * T * d
 
 
+def test_mfu_peak_is_the_datasheet_figure_only_for_16_bit_on_known_accelerators():
+  assert flops.spec_peak('NVIDIA H100 80GB HBM3', 'bfloat16') == 989e12
+  assert flops.spec_peak('NVIDIA H100 PCIe', 'bfloat16') == 756e12
+  assert flops.spec_peak('NVIDIA H200', 'float16') == 989e12
+  assert flops.spec_peak('NVIDIA A100-SXM4-80GB', 'bfloat16') == 312e12
+  assert flops.spec_peak('TPU v5 lite', 'bfloat16') == 197e12
+  assert flops.spec_peak('TPU v5', 'bfloat16') == 459e12
+  assert flops.spec_peak('NVIDIA H100 80GB HBM3', 'float32') is None
+  assert flops.spec_peak('NVIDIA GeForce RTX 4090', 'bfloat16') is None
+  # On the CPU (these tests) MFU always divides by the measured rate, whatever the dtype.
+  assert flops.mfu_peak('bfloat16', 1.5e11) == (1.5e11, 'measured')
+  assert flops.mfu_peak('float32', 1.5e11) == (1.5e11, 'measured')
+
+
 _WRITER = '''
 import json, sys
 from research.train import metrics

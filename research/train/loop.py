@@ -339,11 +339,13 @@ def train(config, workdir: str, *, overwrite: bool = False, reporter: Reporter |
     t = time.time()
     compiled = train_fn.lower(state, next_batch or batch_at(0)).compile()
     compile_s = time.time() - t
-    peak = flops_lib.total_peak(flops_lib.matmul_peak(resolved.train.compute_dtype))
+    dtype = resolved.train.compute_dtype
+    peak, peak_source = flops_lib.mfu_peak(
+        dtype, flops_lib.total_peak(flops_lib.matmul_peak(dtype)))
     flops_per_token = flops_lib.train_flops_per_token(cfg, seq_len)
     tokens_per_step = resolved.train.batch_size * seq_len
     reporter.message(f'{num_params:,} parameters; train step compiled in {compile_s:.1f}s; '
-                     f'{flops_per_token / 1e6:.1f} MFLOPs/token; measured matmul peak '
+                     f'{flops_per_token / 1e6:.1f} MFLOPs/token; {peak_source} matmul peak '
                      f'{peak / 1e9:.0f} GFLOP/s')
 
     def evaluate(params):
