@@ -218,6 +218,31 @@ def test_attention_impls_give_the_same_values(positional):
       np.testing.assert_allclose(a, b, atol=2e-5, err_msg=impl)
 
 
+def test_jax_attention_gets_is_causal_and_only_the_segment_mask(monkeypatch):
+  """A causal Mask reaches jax.nn.dot_product_attention as is_causal=True (cuDNN's causal kernel
+  skips the blocks above the diagonal) plus the segment-and-padding mask, with the values of the
+  einsum path."""
+  from research.model import attention
+  seen, real = {}, jax.nn.dot_product_attention
+
+  def spy(*args, **kwargs):
+    seen.update(kwargs)
+    return real(*args, **kwargs)
+
+  monkeypatch.setattr(jax.nn, 'dot_product_attention', spy)
+  segments = jnp.asarray([[1] * 3 + [2] * 3 + [0] * 2])
+  rng = np.random.RandomState(3)
+  q, k, v = (jnp.asarray(rng.randn(1, 8, 2, 4), jnp.float32) for _ in range(3))
+  mask = attention.Mask(segments, segments, causal=True)
+  got = attention.attend(q, k, v, mask, impl='jax_xla')
+  assert seen['is_causal'] is True
+  s = np.asarray(segments)[0]
+  np.testing.assert_array_equal(np.asarray(seen['mask'])[0, 0],
+                                (s[:, None] == s[None, :]) & (s[None, :] > 0))
+  want = attention.attend(q, k, v, mask, impl='einsum')
+  np.testing.assert_allclose(np.asarray(got)[0, :6], np.asarray(want)[0, :6], atol=1e-6)
+
+
 def test_blocked_attention_skips_the_keys_after_each_query_block():
   """Same output as the full product, from blocks that never see later keys."""
   from research.model import attention

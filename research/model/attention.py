@@ -182,8 +182,13 @@ def attend(q_BTNH, k_BSKH, v_BSKH, mask, bias=None, *, impl='einsum', causal=Tru
   logits_bias = bias.logits_BNTS
   if logits_bias is not None:
     logits_bias = logits_bias.astype(q_BTNH.dtype if impl == 'jax_cudnn' else jnp.float32)
+  # A causal Mask goes as is_causal (cuDNN then skips the blocks above the diagonal) plus its
+  # segment part as the array; an array mask is passed whole.
+  is_causal = isinstance(mask, Mask) and mask.causal
+  if is_causal:
+    mask = mask.replace(causal=False)
   return jax.nn.dot_product_attention(
-      q_BTNH, k_BSKH, v_BSKH, bias=logits_bias, mask=mask_array(mask),
+      q_BTNH, k_BSKH, v_BSKH, bias=logits_bias, mask=mask_array(mask), is_causal=is_causal,
       implementation='cudnn' if impl == 'jax_cudnn' else 'xla')
 
 
