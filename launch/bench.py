@@ -119,7 +119,7 @@ def main(argv):
       'mfu': tokens / best * fpt / mfu_peak, 'mfu_of_measured_peak': tokens / best * fpt / peak,
       'loader_batches_per_sec': loader_bps, 'loader_over_step': loader_bps * best,
       'device': jax.devices()[0].device_kind, 'devices': jax.device_count(),
-      'compute_dtype': resolved.train.compute_dtype,
+      'compute_dtype': resolved.train.compute_dtype, 'attention_impl': tr.cfg.attention_impl,
       'batch_size': resolved.train.batch_size, 'seq_len': resolved.data.seq_len,
       'num_params': num_params, 'step_seconds_per_repeat': times,
   }

@@ -151,6 +151,7 @@ def compile_step(config, topology: str) -> dict:
       # XLA's cost analysis counts a while loop's body once: scanned layers are undercounted.
       'scan_layers': bool(resolved.model.get('scan_layers', False)),
       'compute_dtype': resolved.train.compute_dtype,
+      'attention_impl': tr.cfg.attention_impl,  # model.attention_impl, 'auto' picked for the chip
       'train_state_bytes': sum(x.size * x.dtype.itemsize for x in leaves),
       'train_state_bytes_per_device': sum(
           int(np.prod(x.sharding.shard_shape(x.shape))) * x.dtype.itemsize for x in leaves),

@@ -34,4 +34,5 @@ def test_bench_reports_consistent_figures(tmp_path, cache_dir):
   assert out['mfu_peak_source'] == 'measured'
   assert out['mfu_peak_flops'] == out['matmul_peak_flops']
   assert out['mfu_of_measured_peak'] == out['mfu']
+  assert out['attention_impl'] == 'blocked'  # model.attention_impl=auto on the CPU
   assert out['matmul_peak_flops'] > 1e9 and out['loader_batches_per_sec'] > 0

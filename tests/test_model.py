@@ -218,6 +218,18 @@ def test_attention_impls_give_the_same_values(positional):
       np.testing.assert_allclose(a, b, atol=2e-5, err_msg=impl)
 
 
+def test_auto_attention_is_picked_for_the_platform_compiled_for():
+  from research.model import attention
+  pick = attention.resolve_impl
+  assert pick('auto', dtype='bfloat16', has_relative_kv=False, platform='gpu') == 'jax_cudnn'
+  assert pick('auto', dtype='float32', has_relative_kv=False, platform='gpu') == 'einsum'
+  assert pick('auto', dtype='bfloat16', has_relative_kv=True, platform='gpu') == 'einsum'
+  assert pick('auto', dtype='bfloat16', has_relative_kv=False, platform='tpu') == 'einsum'
+  assert pick('auto', dtype='float32', has_relative_kv=False, platform='cpu') == 'blocked'
+  assert pick('einsum', dtype='float32', has_relative_kv=False, platform='cpu') == 'einsum'
+  assert pick('auto', dtype='float32', has_relative_kv=False) == 'blocked'  # these tests' CPU
+
+
 def test_jax_attention_gets_is_causal_and_only_the_segment_mask(monkeypatch):
   """A causal Mask reaches jax.nn.dot_product_attention as is_causal=True (cuDNN's causal kernel
   skips the blocks above the diagonal) plus the segment-and-padding mask, with the values of the

@@ -23,7 +23,7 @@ from research import config as config_lib
 from research import cpu, distributed, parallel
 from research.data import cache, loader as loader_lib, sources, tokenizers
 from research.errors import ConfigError
-from research.model import decode
+from research.model import attention, decode
 from research.model.transformer import Decoder, ModelConfig
 from research.objectives.causal_lm import causal_lm_batch
 from research.train import checkpoint as ckpt_lib
@@ -209,6 +209,11 @@ class Trainer:
 def make_trainer(resolved, mesh) -> Trainer:
   cfg = ModelConfig.from_config(resolved)
   platform = mesh.devices.flat[0].platform
+  # 'auto' picked for the mesh's devices, not this process's default backend: launch.compile
+  # compiles for TPU topologies from a CPU host.
+  cfg = dataclasses.replace(cfg, attention_impl=attention.resolve_impl(
+      cfg.attention_impl, dtype=cfg.dtype, has_relative_kv=cfg.positional == 'shaw',
+      platform=platform))
   if cfg.attention_impl == 'jax_cudnn' and platform != 'gpu':
     raise ConfigError(f'model.attention_impl=jax_cudnn needs an NVIDIA GPU; this run is on '
                       f'{platform} (auto picks cuDNN where it applies)')
