@@ -227,8 +227,8 @@ def evaluate_run(workdir: str, *, rows: int = 256) -> dict:
   resolved, tr, params, step = restore_run(workdir)
   d = resolved.data
   if d.source != 'kv_retrieval':
-    raise ConfigError(f'--workdir={workdir}: a run on data.source={d.source} '
-                      f'(model.vocab_size={resolved.model.vocab_size}), not a kv_retrieval run')
+    raise ConfigError(f'--workdir={workdir}: a run on data.source={d.source}, '
+                      'not a kv_retrieval run')
   shape = dict(num_pairs=d.kv_pairs, key_len=d.kv_key_len, value_len=d.kv_value_len)
   result = depth_accuracy(tr.model, params, seed=resolved.seed, seq_len=d.seq_len,
                           rows=rows, batch_size=resolved.train.batch_size, **shape)

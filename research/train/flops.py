@@ -37,7 +37,7 @@ def train_flops_per_token(cfg, seq_len: int, *, causal_halving: bool = True) -> 
 # against jax's device_kind in this order (the first substring found wins).
 SPEC_PEAK_16BIT = (
     ('H100 PCIe', 756e12), ('H100 NVL', 835e12), ('H200 NVL', 835e12),
-    ('H100', 989e12), ('H200', 989e12), ('GH200', 989e12), ('A100', 312e12),
+    ('H100', 989e12), ('H200', 989e12), ('A100', 312e12),  # H200 also matches GH200
     ('TPU v4', 275e12), ('TPU v5 lite', 197e12), ('TPU v5e', 197e12), ('TPU v5', 459e12),
     ('TPU v6 lite', 918e12), ('TPU v6e', 918e12),
 )
@@ -93,4 +93,3 @@ def mfu_peak(dtype, measured: float) -> tuple[float, str]:
   if spec is None:
     return measured, 'measured'
   return spec * jax.device_count(), f'datasheet ({kind}, dense 16-bit)'
-
