@@ -7,6 +7,9 @@
 Run it from the repository root on a Slurm login node whose filesystem the compute nodes share,
 with the Python environment the job should use (its interpreter is the one the script calls; for
 GPUs it needs jax's CUDA build beside requirements.txt, e.g. pip install 'jax[cuda12]==0.10.2').
+The script names no working directory: sbatch runs a job where it was submitted, and launch.slurm
+submits from the repository root, so its paths are relative to it (the interpreter's too, when
+the environment lives inside the repository). Submitting the script by hand: from the root.
 Each task learns its place from JAX_COORDINATOR_ADDRESS (the job's first node), JAX_NUM_PROCESSES
 and JAX_PROCESS_ID (its Slurm rank), which launch.train hands to jax.distributed.initialize.
 The job's output goes beside the script, as <job name>-<job id>.out. --dry_run prints the script
@@ -52,7 +55,6 @@ def script(train_args, launcher_args, log_dir) -> str:
       f'--gpus-per-node={_GPUS.value}',
       *([f'--partition={_PARTITION.value}'] if _PARTITION.value else []),
       *([f'--time={_TIME.value}'] if _TIME.value else []),
-      f'--chdir={ROOT}',
       f'--output={_from_root(log_dir)}/%x-%j.out',
   ]
   train = shlex.join([_from_root(sys.executable), '-m', 'launch.train', *train_args])
@@ -63,6 +65,11 @@ def script(train_args, launcher_args, log_dir) -> str:
       *(f'#SBATCH {line}' for line in header),
       '',
       'set -eu',
+      '# sbatch starts the job in the directory it was submitted from: the paths here are',
+      '# relative to the repository root.',
+      'test -f launch/train.py || { echo "error: submit this script from the repository root" >&2;'
+      ' exit 2; }',
+      '',
       '# jax.distributed for launch.train: the coordinator is the first node, on a port the job',
       '# id picks, so two jobs sharing a node do not collide.',
       'head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
@@ -116,7 +123,8 @@ def main(argv):
   with open(path, 'w') as f:
     f.write(text)
   if shutil.which('sbatch') is None:
-    cli.fail(f'sbatch not found on PATH; the script is in {path}: submit it on the cluster')
+    cli.fail(f'sbatch not found on PATH; the script is in {_from_root(path)}: on the cluster, '
+             'submit it from the repository root')
   status = subprocess.call(['sbatch', os.path.abspath(path)], cwd=ROOT)
   if status:
     cli.fail(f'sbatch {path} exited with status {status}')

@@ -250,7 +250,9 @@ def test_slurm_dry_run_script(tmp_path):
   assert [l for l in lines if l.startswith('#SBATCH')] == [
       '#SBATCH --job-name=ablation', '#SBATCH --nodes=2', '#SBATCH --ntasks-per-node=1',
       '#SBATCH --gpus-per-node=8', '#SBATCH --partition=gpu', '#SBATCH --time=12:00:00',
-      f'#SBATCH --chdir={ROOT}', f'#SBATCH --output={tmp_path}/jobs/%x-%j.out']
+      f'#SBATCH --output={tmp_path}/jobs/%x-%j.out']
+  # No working directory of this machine: the job runs where sbatch was called (the root).
+  assert f'{ROOT}/' not in r.stdout and '--chdir' not in r.stdout
   assert [l for l in lines if l.startswith(('export', 'head_node'))] == [
       'head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
       'export JAX_COORDINATOR_ADDRESS="$head_node:$((20000 + SLURM_JOB_ID % 20000))"',
@@ -271,6 +273,7 @@ def test_slurm_dry_run_script(tmp_path):
 def test_slurm_script_gives_each_task_its_rank(tmp_path):
   """The script under a fake srun (one run per node) and scontrol: what each process sees."""
   r = run_cli('launch.slurm', *SLURM, '--dry_run', '--', *TRAIN)
+  assert '\n#SBATCH --output=runs/slurm/%x-%j.out\n' in r.stdout  # relative to the root
   script = tmp_path / 'job.sbatch'
   script.write_text(r.stdout)
   _write(tmp_path / 'bin' / 'scontrol', '#!/bin/bash\nprintf "node-a\\nnode-b\\n"\n')
@@ -288,12 +291,21 @@ printf '%s\\0' "$JAX_COORDINATOR_ADDRESS" "$JAX_NUM_PROCESSES" "$JAX_PROCESS_ID"
   env = dict(os.environ, PATH=f'{tmp_path / "bin"}:{os.environ["PATH"]}', RECORDS=str(tmp_path),
              FAKE_PYTHON=str(tmp_path / 'python'), SLURM_JOB_NODELIST='node-[a-b]',
              SLURM_NNODES='2', SLURM_JOB_ID='123')
-  run = subprocess.run(['bash', str(script)], env=env, capture_output=True, text=True)
+  # sbatch runs the job in the directory it was submitted from: the repository root here.
+  run = subprocess.run(['bash', str(script)], env=env, capture_output=True, text=True, cwd=ROOT)
   assert run.returncode == 0, run.stderr
   for rank in (0, 1):
     seen = (tmp_path / f'rank{rank}').read_bytes().split(b'\0')[:-1]
     assert [s.decode() for s in seen] == ['node-a:20123', '2', str(rank), '-m', 'launch.train',
                                           *TRAIN]
+  # Submitted from elsewhere, it says so before starting anything.
+  for record in tmp_path.glob('rank*'):
+    record.unlink()
+  elsewhere = subprocess.run(['bash', str(script)], env=env, capture_output=True, text=True,
+                             cwd=tmp_path)
+  assert elsewhere.returncode == 2
+  assert elsewhere.stderr == 'error: submit this script from the repository root\n'
+  assert not list(tmp_path.glob('rank*'))
 
 
 def test_slurm_writes_and_submits(tmp_path):
