@@ -1,7 +1,7 @@
 """Settings for training on the CPU that live outside the model: the process's malloc, and the
-XLA:CPU compiler options of the jitted steps. Both measured on launch.bench's presets
-(README, Performance). The malloc setting changes no value; under either dot library the
-measured losses agreed to the last digit printed."""
+XLA:CPU compiler options of the jitted steps, each chosen by timing launch.bench's presets
+(docs/performance.md has the figures). The malloc setting changes no value; under either dot
+library the measured losses agreed to the last digit printed."""
 
 import ctypes
 import os
@@ -13,11 +13,11 @@ from importlib import metadata, util
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
 _MMAP_CEILING = 32 << 20
 
-# XLA:CPU hands dots, reductions and elementwise fusions to its YNNPACK library by default. Its
-# dots ran slower than XLA's Eigen ones for the wider models (batched attention products at ~85
-# against ~140 GFLOP/s on 2 cores), so there only reductions go to YNNPACK: 5-10% more train
-# tokens/s at d_model 256 and 512. At d_model 128 YNNPACK's dots won by 15-25% (the positional
-# sweeps' models), so narrower models keep XLA's defaults.
+# XLA:CPU hands dots, reductions and elementwise fusions to its YNNPACK library by default. For
+# the wider models its dots ran slower than XLA's Eigen ones (its batched attention products left
+# the second core idle), so there only reductions go to YNNPACK. For narrower ones (the positional
+# sweeps' d_model 128) YNNPACK's dots were the faster, so they keep XLA's defaults.
+# The figures: docs/performance.md.
 _YNN_FLAG = 'xla_cpu_experimental_ynn_fusion_type'
 CPU_COMPILER_OPTIONS = {_YNN_FLAG: 'LIBRARY_FUSION_TYPE_REDUCE'}
 EIGEN_DOTS_FROM_D_MODEL = 256
@@ -35,8 +35,7 @@ def will_run_on_cpu() -> bool:
 def needs_large_temporaries(config) -> bool:
   """Whether a train step of `config` likely needs a temporary buffer above glibc's mmap
   ceiling, estimated before anything is compiled at 128 bytes per token, layer and model
-  dimension (XLA:CPU's buffer measured 118-200: 260 MB for `small`, 122 MB for the
-  lost-in-the-middle config, 0.8 MB for the tests' 1-layer d_model 32 model)."""
+  dimension (within the range XLA:CPU's buffers measured: docs/performance.md)."""
   m = config.model
   return 128 * config.train.batch_size * config.data.seq_len * m.d_model * m.num_layers > (
       _MMAP_CEILING)
@@ -45,15 +44,14 @@ def needs_large_temporaries(config) -> bool:
 def keep_freed_memory() -> bool:
   """Make glibc's malloc keep freed memory for reuse instead of handing it back to the kernel.
 
-  XLA:CPU allocates an executable's temporary buffer afresh at every call (272 MB for the `small`
-  bench step), above the largest size glibc serves from its heap (32 MB), so it is mmapped and
-  unmapped each step and the kernel faults and zeroes every page again: 74,000 page faults and
-  0.15 s of system time a step, measured. One arena that neither mmaps nor trims serves the same
-  memory every step (about 13% more tokens/s). But XLA's compiler threads and a small step's
-  dispatch then contend for the one arena's lock (the tests' 1-layer d_model 32 model: compiled in
-  10-10.5 s with it against 7-9 s without, 200 steps in 0.4-0.6 s against 0.2 s), so only steps
-  that need large temporaries want it. Call it before JAX starts its threads (importing jax starts
-  none), which keep the arena they first used. Returns whether it applied (glibc only).
+  XLA:CPU allocates an executable's temporary buffer afresh at every call, above the largest size
+  glibc serves from its heap (32 MB), so it is mmapped and unmapped each step and the kernel
+  faults and zeroes every page again. One arena that neither mmaps nor trims serves the same
+  memory every step. But XLA's compiler threads and a small step's dispatch then contend for the
+  one arena's lock (slower compiles, and tiny steps at half speed), so only steps that need large
+  temporaries want it (docs/performance.md has the figures). Call it before JAX starts its
+  threads (importing jax starts none), which keep the arena they first used. Returns whether it
+  applied (glibc only).
   """
   if not sys.platform.startswith('linux'):
     return False

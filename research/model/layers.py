@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 def gelu(x):
   # The exact GELU written with lax.erf: jax.nn.gelu(approximate=False) differentiates through
-  # erfc's polynomial and made the MLP backward ~2.5x slower on CPU (../shared/notes/cpu-perf.md).
+  # erfc's polynomial, which makes the MLP backward much slower on the CPU (docs/performance.md).
   return 0.5 * x * (1.0 + jax.lax.erf(x * (1.0 / math.sqrt(2.0))))
 
 
@@ -24,8 +24,8 @@ def normalize(x, scale, bias, eps: float, center: bool):
 
   center=False is RMSNorm (no mean; bias may be None). Its backward is written out by hand,
   saving the normalized x and 1/sigma, where autodiff of the same expression reduces each row
-  several more times: about 10% more train tokens/s than flax's LayerNorm on the 2-core CPU
-  (launch.bench small, measured side by side), the same values and gradients (tested).
+  several more times (a faster step than flax's LayerNorm on the CPU: docs/performance.md), with
+  the same values and gradients (tested).
   """
   return _normalize_fwd(x, scale, bias, eps, center)[0]
 
@@ -125,7 +125,7 @@ class Mlp(nn.Module):
   def __call__(self, x_BTD, deterministic):
     # On the tokens as rows of one matrix [B*T, D]: XLA:CPU then lays out the backward's weight
     # gradients as plain matrix products; in [B, T, D] it transposed the hidden gradient and ran
-    # them at a third of the matmul rate (13% more train tokens/s for launch.bench's `small`).
+    # them far below the matmul rate (docs/performance.md).
     d = x_BTD.shape[-1]
     x_MD = x_BTD.reshape(-1, d)
 
