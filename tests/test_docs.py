@@ -144,7 +144,7 @@ def _commands():
 
 @functools.lru_cache(maxsize=None)
 def _module_flags(module):
-  """{flag name: is_bool} that launch/<module>.py defines, with those of launch modules it imports."""
+  """{flag name: is_bool} that launch/<module>.py defines, and the launch modules it imports."""
   path = os.path.join(ROOT, 'launch', f'{module}.py')
   tree = ast.parse(_read(path))
   found = {}
@@ -186,7 +186,8 @@ def _check_launch(module, args, where, problems):
   if not os.path.isfile(os.path.join(ROOT, 'launch', f'{module}.py')):
     problems.append(f'{where}: launch.{module}: there is no launch/{module}.py')
     return
-  ours, rest = (args[:args.index('--')], args[args.index('--') + 1:]) if '--' in args else (args, [])
+  split = args.index('--') if '--' in args else len(args)
+  ours, rest = args[:split], args[split + 1:]
   known = _module_flags(module)
   i = 0
   while i < len(ours):
@@ -307,7 +308,8 @@ def test_every_documented_command_names_real_modules_flags_and_keys():
     ('python -m launch.nope --workdir=x', 'launch/nope.py'),
     ('python -m launch.train --config=experiments/nope.py', 'no such file'),
     ('python -m launch.train --config=experiments/quickstart.py:nopreset', 'get_config fails'),
-    ('$ python -m launch.local_cluster --num_processes=2 -- python -m launch.train --bogus', '--bogus'),
+    ('$ python -m launch.local_cluster --num_processes=2 -- python -m launch.train --bogus',
+     '--bogus'),
     ('python -m launch.slurm --nodes=2 --dry_run -- --config=experiments/quickstart.py --nope',
      '--nope'),
     ('python -m launch.tpu run --name=lm -- --workdir=x --noprogress --nodistributed --bad',
@@ -320,7 +322,8 @@ def test_the_command_check_catches_mistakes(line, expected):
 
 
 def test_the_command_check_joins_continued_lines():
-  lines = _joined([(1, '$ python -m launch.local_cluster --num_processes=2 -- python -m launch.train \\'),
+  first = '$ python -m launch.local_cluster --num_processes=2 -- python -m launch.train \\'
+  lines = _joined([(1, first),
                    (2, '    --config=experiments/quickstart.py \\'),
                    (3, '    --bogus=1'),
                    (4, 'make test')])
