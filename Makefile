@@ -9,7 +9,9 @@ PY := .venv/bin/python
 quickstart: .venv/.installed
 	$(PY) -m launch.train --config=experiments/quickstart.py --workdir=runs/quickstart
 
+# The default suite, then the slow one (pytest.ini: the `slow` marker).
 test: .venv/.installed
 	$(PY) -m pytest
+	$(PY) -m pytest -m slow
 
 .PHONY: quickstart test

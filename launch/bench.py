@@ -52,17 +52,18 @@ def main(argv):
     reference.check_supported(config)
   import jax
   from research import config as config_lib, parallel
-  from research.train import flops, loop
+  from research.data import pipeline
+  from research.train import flops, trainer
 
   # compile_seconds is a compile's; JAX_COMPILATION_CACHE_DIR, if set, would load a cached program.
   jax.config.update('jax_enable_compilation_cache', False)
   # Measured first, while nothing else of ours is using the cores.
   peak = flops.total_peak(flops.matmul_peak(config.train.compute_dtype))
   mesh = parallel.make_mesh(config.mesh.shape)
-  loop.check_batch(config, mesh)
-  data = loop.prepare_data(config)
+  trainer.check_batch(config, mesh)
+  data = pipeline.prepare(config)
   resolved = config_lib.resolve(config, vocab_size=data.tokenizer.vocab_size)
-  tr = loop.make_trainer(resolved, mesh)
+  tr = trainer.make_trainer(resolved, mesh)
   state = tr.init(jax.random.PRNGKey(resolved.seed))
   num_params = int(sum(x.size for x in jax.tree.leaves(state.params)))
   ref = None
@@ -110,8 +111,8 @@ def main(argv):
   loader_bps = n / (time.perf_counter() - t)
 
   mfu_peak, peak_source = flops.mfu_peak(resolved.train.compute_dtype, peak)
-  fpt = flops.train_flops_per_token(tr.cfg, resolved.data.seq_len)
-  tokens = resolved.train.batch_size * resolved.data.seq_len
+  fpt = flops.train_flops_per_token(tr.cfg, tr.lengths)
+  tokens = resolved.train.batch_size * pipeline.tokens_per_example(tr.lengths)
   out = {
       'tokens_per_sec': tokens / best, 'step_seconds': best, 'compile_seconds': compile_s,
       'flops_per_token': fpt, 'flops_note': '6*N_matmul + 6*L*T*d_attn (causal attention halved)',

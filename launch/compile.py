@@ -76,21 +76,6 @@ def topology_devices(topology: str) -> list:
     raise ConfigError(f'--topology={topology}: {reason}') from None
 
 
-def vocab_size(config) -> int:
-  """The vocabulary the run would get, without loading the corpus or training a BPE."""
-  d = config.data
-  if d.source == 'kv_retrieval':
-    from research.objectives import kv_retrieval
-    return kv_retrieval.VOCAB_SIZE
-  if d.tokenizer == 'byte':
-    from research.data import tokenizers
-    return tokenizers.ByteTokenizer.vocab_size
-  if d.tokenizer == 'bpe':  # trained to exactly this size, or the run fails
-    return d.vocab_size
-  from research.data import tokenizers
-  return tokenizers.load_tiktoken(d.tokenizer).vocab_size
-
-
 def check_hosts(config, mesh, hosts: int) -> None:
   """loop.check_batch's process checks, for the topology's hosts rather than this machine's."""
   from research import distributed, parallel
@@ -99,8 +84,7 @@ def check_hosts(config, mesh, hosts: int) -> None:
     raise ConfigError(f'mesh.rules split the batch over {shards} devices, which does not '
                       f'divide over the topology\'s {hosts} hosts loading their own rows')
   distributed.check_batch_layout(parallel.batch_sharding(mesh, config.mesh.rules),
-                                 (config.train.batch_size, config.data.seq_len),
-                                 process_count=hosts)
+                                 (config.train.batch_size, 1), process_count=hosts)
 
 
 def compile_step(config, topology: str) -> dict:
@@ -113,17 +97,18 @@ def compile_step(config, topology: str) -> dict:
   import jax
   import numpy as np
   from research import config as config_lib, parallel
-  from research.train import flops, loop
+  from research.data import pipeline
+  from research.train import flops, trainer
 
   # The figures are of a compile; JAX_COMPILATION_CACHE_DIR, if set, would load a cached program.
   jax.config.update('jax_enable_compilation_cache', False)
   devices = topology_devices(topology)
   mesh = parallel.make_mesh(config.mesh.shape, devices)
-  loop.check_batch(config, mesh)  # over the devices; this process is the only one here
+  trainer.check_batch(config, mesh)  # over the devices; this process is the only one here
   hosts = len({d.process_index for d in devices})
   check_hosts(config, mesh, hosts)
-  resolved = config_lib.resolve(config, vocab_size=vocab_size(config))
-  tr = loop.make_trainer(resolved, mesh)
+  resolved = config_lib.resolve(config, vocab_size=pipeline.vocab_size(config))
+  tr = trainer.make_trainer(resolved, mesh)
 
   def spec(x, sharding):
     return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
@@ -131,10 +116,8 @@ def compile_step(config, topology: str) -> dict:
   key = jax.ShapeDtypeStruct((2,), np.uint32)  # a raw PRNGKey's shape; nothing is computed
   state = jax.tree.map(spec, tr.init.eval_shape(key), tr.state_sh)
   b, t = resolved.train.batch_size, resolved.data.seq_len
-  # The Batch every objective produces (research/objectives): ids int32, loss_mask float32.
-  dtypes = {'inputs': np.int32, 'targets': np.int32, 'segment_ids': np.int32,
-            'positions': np.int32, 'loss_mask': np.float32}
-  batch = {k: jax.ShapeDtypeStruct((b, t), v, sharding=tr.batch_sh) for k, v in dtypes.items()}
+  batch = tr.batch_spec(b)  # the architecture's Batch keys (research/data/batch.py)
+  tokens = b * pipeline.tokens_per_example(tr.lengths)
 
   n = len(devices)
   chips = len({tuple(d.coords) for d in devices})
@@ -156,7 +139,8 @@ def compile_step(config, topology: str) -> dict:
       'train_state_bytes_per_device': sum(
           int(np.prod(x.sharding.shard_shape(x.shape))) * x.dtype.itemsize for x in leaves),
       'hbm_per_chip_gib': hbm_chip, 'hbm_per_device_bytes': hbm_device,
-      'analytic_flops_per_step': flops.train_flops_per_token(tr.cfg, t) * b * t,
+      'lengths': dict(tr.lengths), 'arch': resolved.model.arch,
+      'analytic_flops_per_step': flops.train_flops_per_token(tr.cfg, tr.lengths) * tokens,
       'analytic_note': '6*N_matmul + 6*L*T*d_attn, causal attention halved (train/flops.py)',
   }
 

@@ -4,8 +4,10 @@
 
 Finished arms are skipped, unfinished ones resume from their checkpoints, so re-running the
 command after an interruption continues the sweep. `--config.a.b=v` overrides apply to every arm.
-When the config file defines EVALUATE, each arm is then evaluated at those lengths
-(launch.evaluate); when it defines evaluate_arm(workdir, summary), that is called per arm. Afterwards: python -m launch.report --workdir=<workdir>.
+When the config file defines EVALUATE (a dict: `kind`, research/evaluate, and its options), each
+arm is then evaluated so (launch.evaluate), unless its result is already of the arm's last step.
+REPORT (a dict with `kind`, research/report) is copied into sweep.json for launch.report.
+Afterwards: python -m launch.report --workdir=<workdir>.
 """
 
 import json
@@ -44,13 +46,15 @@ def main(argv):
       cli.fail(f'--only: no arms named {", ".join(sorted(unknown))}')
     arms = [a for a in arms if a.name in _ONLY.value]
   configs = [(a, sweep.arm_config(base, a)) for a in arms]  # every arm checked before any runs
-  evaluation = getattr(module, 'EVALUATE', None)
+  evaluation = dict(getattr(module, 'EVALUATE', None) or {})
+  kind = evaluation.pop('kind', '')
 
   os.makedirs(_WORKDIR.value, exist_ok=True)
   with open(os.path.join(_WORKDIR.value, 'sweep.json'), 'w') as f:
     json.dump({'config': spec, 'arms': [{'name': a.name, 'group': a.group,
                                           'overrides': a.overrides} for a in sweep.arms(module, arg)],
-               'evaluate': evaluation}, f, indent=1)
+               'evaluate': getattr(module, 'EVALUATE', None),
+               'report': getattr(module, 'REPORT', None)}, f, indent=1)
 
   stop = threading.Event()
 
@@ -69,15 +73,9 @@ def main(argv):
       print(f'stopped in {arm.name}; re-run the same command to continue the sweep',
             file=sys.stderr)
       return
-    if hasattr(module, 'evaluate_arm'):  # a probe of the config's own (e.g. accuracy by depth)
-      module.evaluate_arm(workdir, summary)
-    if evaluation:
-      done = os.path.join(workdir, 'eval_lengths.json')
-      if os.path.exists(done):
-        with open(done) as f:
-          if json.load(f).get('step') == summary['step']:
-            continue
-      evaluate.evaluate_run(workdir, **evaluation)
+    if hasattr(module, 'EVALUATE'):
+      if not evaluate.is_current(workdir, kind, summary['step']):
+        evaluate.evaluate(workdir, kind, **evaluation)
   print(f'sweep finished; now: python -m launch.report --workdir={_WORKDIR.value}')
 
 

@@ -13,9 +13,13 @@ import ml_collections
 
 from research.errors import ConfigError
 
-# key -> allowed values. Later issues add choices here (positional schemes, architectures).
+# key -> allowed values (model.arch and objective.name are the registries of research/model/archs.py
+# and research/objectives; a test checks they agree).
 CHOICES = {
-    'model.arch': ('decoder',),
+    'model.arch': ('decoder', 'prefix_lm', 'encoder_decoder', 'encoder'),
+    'objective.name': ('causal_lm', 'prefix_lm', 'span_corruption', 'bert_mlm', 'deshuffle',
+                       'iid_drop', 'iid_replace', 'ul2'),
+    'objective.loss_on': ('targets', 'all'),
     'model.norm': ('layernorm', 'rmsnorm'),
     'model.norm_position': ('pre', 'post'),
     'model.activation': ('relu', 'gelu', 'swiglu', 'geglu'),
@@ -37,8 +41,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.seed = 0
 
   c.model = ml_collections.ConfigDict()
-  c.model.arch = 'decoder'
-  c.model.num_layers = 4
+  c.model.arch = 'decoder'  # decoder | prefix_lm | encoder_decoder | encoder (research/model/archs.py)
+  c.model.num_layers = 4  # the decoder's (or the only stack's) depth
+  c.model.num_encoder_layers = 0  # encoder_decoder: the encoder's depth; 0: model.num_layers
+  c.model.share_embeddings = True  # encoder_decoder: one token embedding for encoder and decoder
   c.model.d_model = 256
   c.model.num_heads = 4
   c.model.num_kv_heads = 0  # 0: as many as num_heads (multi-head); fewer: grouped-query attention
@@ -49,7 +55,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.norm_eps = 1e-5
   c.model.activation = 'gelu'
   c.model.positional = 'learned'
-  c.model.max_len = 0  # learned-position table size (longer inputs reuse its last row); 0: seq_len
+  # Learned-position table size (longer inputs reuse its last row); 0: the model's longest sequence.
+  c.model.max_len = 0
   c.model.rope_theta = 10000.0
   c.model.rope_layout = 'half'  # 'half': GPT-NeoX, HF Llama; 'interleaved': RoFormer, Meta Llama
   c.model.rope_fraction = 1.0  # rotate the first fraction of each head's dims (even count)
@@ -68,7 +75,7 @@ def default_config() -> ml_collections.ConfigDict:
   # 'einsum'.
   c.model.attention_impl = 'auto'
   # One nn.scan over the layers: compile time flat in depth (use it for deep models and on
-  # accelerators); False, a Python loop: about 9% more tokens/s on a 2-core CPU at 4 layers.
+  # accelerators); False, a Python loop: faster on the CPU at a few layers (docs/performance.md).
   c.model.scan_layers = False
   c.model.remat = 'none'  # recompute each layer's activations in the backward: none/full/dots/...
 
@@ -83,9 +90,26 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.kv_pairs = 20
   c.data.kv_key_len = 2
   c.data.kv_value_len = 2
-  c.data.seq_len = 256
+  c.data.seq_len = 256  # tokens of text per example (research/objectives: each makes its lengths)
+  # Sentinels (T5's extra ids) above the vocabulary, with [MASK] and UL2's [NLU] [NLG] [S2S];
+  # -1: as the objective needs (none for causal_lm; else 100 or as many as it can use).
+  c.data.extra_ids = -1
   c.data.document_mask = True  # attention stays inside each packed document
   c.data.cache_dir = '.cache'  # token caches and trained tokenizers, shared by every run
+
+  c.objective = ml_collections.ConfigDict()
+  c.objective.name = 'causal_lm'  # research/objectives: causal_lm, span_corruption, ul2, ...
+  c.objective.noise_density = 0.15  # span_corruption, bert_mlm, iid_*: share of tokens corrupted
+  c.objective.mean_span_length = 3.0  # span_corruption
+  # Decoder-only archs: the loss on the targets only (T5, seqio) or on every token ('all').
+  c.objective.loss_on = 'targets'
+  # bert_mlm: a chosen token becomes [MASK] at this rate (-1: 0.8 on the encoder, as BERT; 0.9
+  # on text-to-text archs, as T5), a random token at bert_random_rate, else stays.
+  c.objective.bert_mask_rate = -1.0
+  c.objective.bert_random_rate = 0.1
+  # ul2: relative rates of its denoisers R1 R2 X1 X2 X3 X4 S (research/objectives/ul2.py).
+  c.objective.ul2_rates = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
+  c.objective.ul2_paradigm_tokens = True  # [NLU]/[NLG]/[S2S] opens each example's inputs
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 1000
@@ -174,6 +198,7 @@ def validate(config) -> None:
               'model.t5_num_buckets', 'model.t5_max_distance', 'model.shaw_max_distance'):
     need(isinstance(given[key], int) and given[key] > 0, key, 'must be a positive integer')
   for key in ('model.num_kv_heads', 'model.head_dim', 'model.d_ff', 'model.max_len',
+              'model.num_encoder_layers',
               'model.vocab_size', 'train.warmup_steps', 'sample.num_samples',
               'sample.max_new_tokens', 'data.vocab_size'):
     need(isinstance(given[key], int) and given[key] >= 0, key, 'must be a non-negative integer')
@@ -208,9 +233,9 @@ def validate(config) -> None:
   need(m.t5_num_buckets >= 2, 'model.t5_num_buckets', 'must be at least 2')
   need(m.t5_max_distance > m.t5_num_buckets // 2, 'model.t5_max_distance',
        f'must exceed the {m.t5_num_buckets // 2} exactly-bucketed distances')
-  if m.max_len:
-    need(m.max_len >= config.data.seq_len, 'model.max_len',
-         f'must be at least data.seq_len={config.data.seq_len}')
+  need(isinstance(config.data.extra_ids, int) and config.data.extra_ids >= -1, 'data.extra_ids',
+       'must be -1 (as the objective needs) or a number of sentinels >= 0')
+  _validate_objective(config)
   need(config.train.warmup_steps <= config.train.steps, 'train.warmup_steps',
        f'must not exceed train.steps={config.train.steps}')
   if m.positional == 'shaw':
@@ -232,12 +257,54 @@ def validate(config) -> None:
          f'mesh axis in {MESH_AXES} or a tuple of them or None)')
 
 
-DERIVED = ('model.vocab_size', 'model.num_kv_heads', 'model.head_dim', 'model.d_ff', 'model.max_len')
+def _validate_objective(config) -> None:
+  """The objective's own checks (rates, span lengths, rows long enough to corrupt) and that it
+  runs on model.arch."""
+  from research import objectives  # numpy only: cheap before JAX starts
+  from research.data import pipeline
+  arch, name = config.model.arch, config.objective.name
+  runs_on = pipeline.task_archs(config)
+  if arch not in runs_on:
+    raise ConfigError(f'objective.name={name} cannot run on model.arch={arch} (it runs on '
+                      f'{", ".join(runs_on)})')
+  objective = objectives.build(_with_bert_rates(config))
+  extra = config.data.extra_ids
+  if extra >= 0 and objective.extra_ids() > extra:
+    raise ConfigError(f'data.extra_ids={extra} is too few sentinels for objective.name={name} '
+                      f'at data.seq_len={config.data.seq_len} (it may use '
+                      f'{objective.extra_ids()}); raise it or leave it at -1')
+
+
+def _with_bert_rates(config):
+  """config with objective.bert_mask_rate resolved: 0.8 on the encoder (BERT), else 0.9 (T5)."""
+  if config.objective.bert_mask_rate >= 0:
+    return config
+  c = ml_collections.ConfigDict(config.to_dict())
+  c.objective.bert_mask_rate = 0.8 if c.model.arch == 'encoder' else 0.9
+  return c
+
+
+def resolved_extra_ids(config) -> int:
+  """data.extra_ids with -1 resolved: -1 (no special tokens) for an objective that needs none,
+  else at least T5's 100 sentinels."""
+  from research import objectives
+  if config.data.extra_ids >= 0:
+    return config.data.extra_ids
+  objective = objectives.build(config)
+  return max(100, objective.extra_ids()) if objective.NEEDS_SPECIAL_TOKENS else -1
+
+
+DERIVED = ('model.vocab_size', 'model.num_kv_heads', 'model.head_dim', 'model.d_ff',
+           'model.max_len', 'model.num_encoder_layers', 'data.extra_ids',
+           'objective.bert_mask_rate')
 
 
 def resolve(config, *, vocab_size: int) -> ml_collections.ConfigDict:
-  """A copy with derived values filled in, as written to <workdir>/config.json."""
-  c = ml_collections.ConfigDict(config.to_dict())
+  """A copy with derived values filled in, as written to <workdir>/config.json. vocab_size: the
+  tokenizer's, special tokens included."""
+  from research.data import pipeline
+  c = _with_bert_rates(ml_collections.ConfigDict(config.to_dict()))
+  c.data.extra_ids = resolved_extra_ids(c)
   m = c.model
   if m.vocab_size and m.vocab_size < vocab_size:
     raise ConfigError(f'model.vocab_size={m.vocab_size} but the tokenizer has {vocab_size} tokens '
@@ -249,7 +316,13 @@ def resolve(config, *, vocab_size: int) -> ml_collections.ConfigDict:
     # Gated MLPs have three matrices; 8/3 keeps their parameter count at the 4x MLP's.
     m.d_ff = 4 * m.d_model if m.activation in ('relu', 'gelu') else (
         64 * math.ceil(8 * m.d_model / 3 / 64))
-  m.max_len = m.max_len or c.data.seq_len
+  m.num_encoder_layers = m.num_encoder_layers or m.num_layers
+  longest = max(pipeline.model_lengths(c).values())
+  if m.max_len and m.max_len < longest:
+    raise ConfigError(f'model.max_len={m.max_len}: must be at least the model\'s longest sequence '
+                      f'({longest} tokens at data.seq_len={c.data.seq_len} with '
+                      f'objective.name={c.objective.name})')
+  m.max_len = m.max_len or longest
   return c
 
 

@@ -15,7 +15,8 @@ import numpy as np
 
 from research import config as config_lib
 from research import parallel
-from research.train import loop, step as step_lib
+from research.data import pipeline
+from research.train import step as step_lib, trainer
 
 MESHES = ((1, 1, 1), (8, 1, 1), (2, 4, 1), (2, 2, 2), (1, 1, 8))
 WATCHED = ("['embed']['embedding']", "['layers']['attention']['query']['kernel']",
@@ -35,7 +36,7 @@ def tiny_config(cache_dir: str):
 
 def main(cache_dir: str, steps: int) -> dict:
   config = tiny_config(cache_dir)
-  data = loop.prepare_data(config)
+  data = pipeline.prepare(config)
   resolved = config_lib.resolve(config, vocab_size=data.tokenizer.vocab_size)
   token_bytes = data.tokenizer.token_byte_lengths().astype(np.float32)
   out = {}
@@ -43,8 +44,8 @@ def main(cache_dir: str, steps: int) -> dict:
     devices = jax.devices()[:int(np.prod(shape))]
     mesh = parallel.make_mesh(shape, devices)
     config.mesh.shape = shape
-    loop.check_batch(config, mesh)
-    tr = loop.make_trainer(resolved, mesh)
+    trainer.check_batch(config, mesh)
+    tr = trainer.make_trainer(resolved, mesh)
     state = tr.init(jax.random.PRNGKey(resolved.seed))
     shards = {}
     for path, x in jax.tree_util.tree_flatten_with_path(state.params)[0]:

@@ -11,7 +11,8 @@ import jax.numpy as jnp
 
 from experiments.positional import lost_in_middle
 from research import config as config_lib, cpu, parallel
-from research.train import loop
+from research.data import pipeline
+from research.train import trainer
 from tests.conftest import ROOT
 
 # A jitted cumsum over 32 MB keeps a temporary buffer above glibc's 32 MB mmap ceiling, so by
@@ -54,8 +55,8 @@ def test_keep_freed_memory_stops_the_page_faults_of_each_call():
 
 
 def _step_temp_bytes(config):
-  data = loop.prepare_data(config)
-  tr = loop.make_trainer(config_lib.resolve(config, vocab_size=data.tokenizer.vocab_size),
+  data = pipeline.prepare(config)
+  tr = trainer.make_trainer(config_lib.resolve(config, vocab_size=data.tokenizer.vocab_size),
                          parallel.make_mesh(config.mesh.shape))
   state = tr.init(jax.random.PRNGKey(0))
   batch = jax.device_put(data.train_batch(0), tr.batch_sh)

@@ -6,9 +6,12 @@ import numpy as np
 import pytest
 
 from research import config as config_lib
+from research.data import kv_retrieval as kv
 from research.errors import ConfigError
-from research.model.transformer import Decoder, ModelConfig
-from research.objectives import kv_retrieval as kv
+from research.evaluate import kv_depths
+from research.model.archs import Decoder
+from research.model.transformer import ModelConfig
+from research.train import step as step_lib
 
 SHAPE = dict(seq_len=48, num_pairs=5, key_len=2, value_len=3)
 ROW = 1 + 5 * (2 + 1 + 3 + 1) + 1 + 2 + 1 + 3  # eot, pairs, QUERY key : value
@@ -72,7 +75,7 @@ def test_loader_process_slices():
   parts = [loader.batch(4, process_index=i, process_count=4) for i in range(4)]
   for key in whole:
     np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), whole[key])
-  np.testing.assert_array_equal(whole['inputs'], kv.kv_batch(2, 4, batch_size=8, **SHAPE)['inputs'])
+  np.testing.assert_array_equal(whole['inputs'], kv.kv_example(2, 4, batch_size=8, **SHAPE)['inputs'])
 
 
 def test_too_long_config_names_seq_len():
@@ -111,7 +114,7 @@ def test_exact_match_counts_whole_values():
   pred[1, 2] = 0  # one wrong scored token: the row fails
   pred[2, 0] = 0  # a wrong unscored token: the row still counts
   logits = np.eye(5)[pred]
-  np.testing.assert_array_equal(kv._exact_match(logits, targets, mask), [True, False, True])
+  np.testing.assert_array_equal(kv_depths._exact_match(logits, targets, mask), [True, False, True])
 
 
 def test_depth_accuracy_on_untrained_model():
@@ -119,9 +122,9 @@ def test_depth_accuracy_on_untrained_model():
   c.model.num_layers, c.model.d_model, c.model.num_heads = 1, 32, 2
   c.data.seq_len = SHAPE['seq_len']
   model = Decoder(ModelConfig.from_config(config_lib.resolve(c, vocab_size=kv.VOCAB_SIZE)))
-  ids = np.zeros((1, SHAPE['seq_len']), np.int32)
-  params = nn.meta.unbox(model.init(jax.random.PRNGKey(0), ids, ids, ids + 1)['params'])
-  out = kv.depth_accuracy(model, params, seed=0, rows=6, batch_size=4, **SHAPE)
+  params = nn.meta.unbox(step_lib.init_params(model, jax.random.PRNGKey(0),
+                                              {'length': SHAPE['seq_len']}))
+  out = kv_depths.depth_accuracy(model, params, seed=0, rows=6, batch_size=4, **SHAPE)
   assert out['depths'] == kv.depths(5) and out['rows'] == 6 and out['num_pairs'] == 5
   assert len(out['accuracy']) == len(out['depths'])
   assert all(0 <= a <= 1 for a in out['accuracy'])
@@ -142,6 +145,6 @@ def test_train_and_score_through_the_cli(tmp_path):
   with open(os.path.join(workdir, 'summary.json')) as f:
     summary = json.load(f)
   assert summary['vocab_size'] == kv.VOCAB_SIZE and summary['tokens_seen'] == 6 * 8 * 32
-  out = kv.evaluate_run(workdir, rows=16)
+  out = kv_depths.evaluate_run(workdir, rows=16)
   assert out['depths'] == kv.depths(6) and len(out['accuracy']) == len(out['depths'])
   assert os.path.exists(os.path.join(workdir, 'kv_depths.json'))

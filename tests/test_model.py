@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 
 from research import config as config_lib
+from research.model.archs import Decoder
 from research.model.presets import apply_preset
-from research.model.transformer import Decoder, ModelConfig
+from research.model.transformer import ModelConfig
+from research.train import step as step_lib
 
 V, T = 50, 12
 
@@ -25,18 +27,22 @@ def make(**model):
   config_lib.validate(c)
   cfg = ModelConfig.from_config(config_lib.resolve(c, vocab_size=V))
   model = Decoder(cfg)
-  ids = jnp.zeros((1, T), jnp.int32)
-  params = nn.meta.unbox(model.init(jax.random.PRNGKey(0), ids, ids, ids + 1)['params'])
+  params = nn.meta.unbox(step_lib.init_params(model, jax.random.PRNGKey(0), {'length': T}))
   return model, params
 
 
-def logits(model, params, tokens, segments=None, positions=None):
+def batch_of(tokens, segments=None, positions=None):
+  """A decoder's Batch of these tokens (one document per row unless segments say otherwise)."""
   tokens = jnp.asarray(tokens, jnp.int32)
   b, t = tokens.shape
   segments = jnp.ones((b, t), jnp.int32) if segments is None else jnp.asarray(segments)
   positions = (jnp.broadcast_to(jnp.arange(t), (b, t)) if positions is None
                else jnp.asarray(positions))
-  return model.apply({'params': params}, tokens, positions, segments)
+  return {'inputs': tokens, 'positions': positions, 'segment_ids': segments}
+
+
+def logits(model, params, tokens, segments=None, positions=None):
+  return model.apply({'params': params}, batch_of(tokens, segments, positions))
 
 
 SWITCHES = [
@@ -124,8 +130,8 @@ def test_every_parameter_has_logical_axes():
   c.model.num_layers, c.model.d_model, c.model.num_heads, c.data.seq_len = 1, 32, 4, T
   c.model.scan_layers = False
   model = Decoder(ModelConfig.from_config(config_lib.resolve(c, vocab_size=V)))
-  ids = jnp.zeros((1, T), jnp.int32)
-  boxed = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), ids, ids, ids + 1))['params']
+  boxed = jax.eval_shape(lambda: step_lib.init_params(model, jax.random.PRNGKey(0),
+                                                      {'length': T}))
   leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
   assert leaves and all(isinstance(x, nn.Partitioned) for x in leaves)
   specs = {jax.tree_util.keystr(p): s for p, s in
@@ -139,10 +145,9 @@ def test_every_parameter_has_logical_axes():
 def test_dropout_only_when_training():
   model, params = make(dropout=0.5)
   x = jnp.asarray(np.random.RandomState(3).randint(0, V, (1, T)), jnp.int32)
-  ones, pos = jnp.ones_like(x), jnp.arange(T)[None]
-  det = model.apply({'params': params}, x, pos, ones)
-  np.testing.assert_allclose(det, model.apply({'params': params}, x, pos, ones))
-  noisy = model.apply({'params': params}, x, pos, ones, deterministic=False,
+  det = model.apply({'params': params}, batch_of(x))
+  np.testing.assert_allclose(det, model.apply({'params': params}, batch_of(x)))
+  noisy = model.apply({'params': params}, batch_of(x), deterministic=False,
                       rngs={'dropout': jax.random.PRNGKey(0)})
   assert np.abs(np.asarray(noisy - det)).max() > 1e-3
 
@@ -153,10 +158,9 @@ def test_bfloat16_compute_keeps_float32_params():
   c.model.scan_layers = False
   c.train.compute_dtype = 'bfloat16'
   model = Decoder(ModelConfig.from_config(config_lib.resolve(c, vocab_size=V)))
-  ids = jnp.zeros((1, T), jnp.int32)
-  params = nn.meta.unbox(model.init(jax.random.PRNGKey(0), ids, ids, ids + 1)['params'])
+  params = nn.meta.unbox(step_lib.init_params(model, jax.random.PRNGKey(0), {'length': T}))
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
-  out = model.apply({'params': params}, ids, jnp.arange(T)[None], ids + 1)
+  out = model.apply({'params': params}, batch_of(jnp.zeros((1, T), jnp.int32)))
   assert out.dtype == jnp.float32 and np.isfinite(np.asarray(out)).all()
 
 
@@ -173,8 +177,8 @@ def test_scanned_layers_equal_the_python_loop():
   x = np.random.RandomState(5).randint(0, V, (2, T))
   np.testing.assert_allclose(jax.jit(lambda p: logits(scan, p, x))(stacked),
                              jax.jit(lambda p: logits(loop, p, x))(p_loop), atol=1e-5)
-  ids = jnp.zeros((1, T), jnp.int32)
-  boxed = jax.eval_shape(lambda: scan.init(jax.random.PRNGKey(0), ids, ids, ids + 1))['params']
+  boxed = jax.eval_shape(lambda: step_lib.init_params(scan, jax.random.PRNGKey(0),
+                                                      {'length': T}))
   spec = nn.get_partition_spec(boxed)['layers']['attention']['query']['kernel']
   assert spec == jax.sharding.PartitionSpec('layers', 'embed', 'heads', 'kv')
 
@@ -245,7 +249,7 @@ def test_jax_attention_gets_is_causal_and_only_the_segment_mask(monkeypatch):
   segments = jnp.asarray([[1] * 3 + [2] * 3 + [0] * 2])
   rng = np.random.RandomState(3)
   q, k, v = (jnp.asarray(rng.randn(1, 8, 2, 4), jnp.float32) for _ in range(3))
-  mask = attention.Mask(segments, segments, causal=True)
+  mask = attention.Mask(segments, segments, pattern='causal')
   got = attention.attend(q, k, v, mask, impl='jax_xla')
   assert seen['is_causal'] is True
   s = np.asarray(segments)[0]
@@ -260,7 +264,8 @@ def test_blocked_attention_skips_the_keys_after_each_query_block():
   from research.model import attention
   rng = np.random.RandomState(8)
   q, k, v = (jnp.asarray(rng.randn(2, 16, 4, 8), jnp.float32) for _ in range(3))
-  mask = attention.attention_mask(jnp.ones((2, 16), jnp.int32))
+  ones = jnp.ones((2, 16), jnp.int32)
+  mask = attention.Mask(ones, ones, pattern='causal')
   full = attention.dot_product_attention(q, k, v, mask)
   blocked = attention.blocked_causal_attention(q, k, v, mask, num_blocks=4)
   np.testing.assert_allclose(blocked, full, atol=1e-6)
@@ -270,7 +275,7 @@ def test_blocked_attention_skips_the_keys_after_each_query_block():
                              blocked[:, :4], atol=1e-6)
   # With packed segments and padding, from a Mask built block by block or from the full array.
   segments = jnp.asarray([[1] * 6 + [2] * 7 + [0] * 3, [1] * 16])
-  lazy = attention.Mask(segments, segments, causal=True)
+  lazy = attention.Mask(segments, segments, pattern='causal')
   from_lazy = attention.blocked_causal_attention(q, k, v, lazy, num_blocks=4)
   from_array = attention.dot_product_attention(q, k, v, attention.attention_mask(segments))
   keep = np.asarray(segments > 0)
@@ -282,7 +287,7 @@ def test_mask_blocks_match_the_full_mask():
   from research.model import attention
   segments = jnp.asarray([[1] * 5 + [2] * 7 + [0] * 4, [3] * 16])
   for causal in (True, False):
-    mask = attention.Mask(segments, segments, causal=causal)
+    mask = attention.Mask(segments, segments, pattern='causal' if causal else 'full')
     full = np.asarray(mask.block())
     t = np.arange(16)
     same = (np.asarray(segments)[:, :, None] == np.asarray(segments)[:, None, :]) & (
@@ -317,14 +322,16 @@ class _FavoursPadding:
   """A stand-in model whose logits favour ids 10 and 11 (padding when the tokenizer has 10) and,
   among the real ids, id 3."""
 
-  def apply(self, variables, tokens_NL, positions_NL, segments_NL):
-    n, length = tokens_NL.shape
+  def apply(self, variables, batch):
+    n, length = batch['inputs'].shape
     return jnp.zeros((n, length, 12)).at[..., 3].set(1.0).at[..., 10:].set(5.0)
 
 
 def test_sampling_never_draws_the_padded_vocabulary_rows():
+  from research.data import features
   from research.model import decode
-  kwargs = dict(num_samples=64, max_new_tokens=7, seed=0, seq_len=8, eot_id=0)
+  kwargs = dict(num_samples=64, max_new_tokens=7, seed=0, eot_id=0,
+                converter=features.DecoderOnly(), model_lengths={'length': 8})
   greedy = decode.generate(_FavoursPadding(), {}, [0], temperature=0.0, vocab_size=10, **kwargs)
   assert greedy == [[3] * 7] * 64
   drawn = decode.generate(_FavoursPadding(), {}, [0], temperature=1.0, vocab_size=10, **kwargs)
@@ -345,9 +352,9 @@ def test_gpt2_124m_bench_preset_has_gpt2_small_shapes():
   cfg = ModelConfig.from_config(config_lib.resolve(c, vocab_size=257))
   assert (cfg.vocab_size, cfg.num_layers, cfg.d_model, cfg.num_heads, cfg.d_ff) == (
       50304, 12, 768, 12, 3072)
-  ids = jax.ShapeDtypeStruct((1, 1024), jnp.int32)
-  shapes = jax.eval_shape(lambda x: Decoder(cfg).init(jax.random.PRNGKey(0), x, x, x), ids)
-  params = nn.meta.unbox(shapes['params'])
+  shapes = jax.eval_shape(lambda: step_lib.init_params(Decoder(cfg), jax.random.PRNGKey(0),
+                                                       {'length': 1024}))
+  params = nn.meta.unbox(shapes)
   assert sum(x.size for x in jax.tree.leaves(params)) == 124_439_808 + 47 * 768
   assert params['embed']['embedding'].shape == (50304, 768)
   n_matmul = 12 * (4 * 768 ** 2 + 2 * 768 * 3072) + 768 * 50304

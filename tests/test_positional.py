@@ -159,7 +159,8 @@ def test_learned_positions_past_the_table_reuse_its_last_row():
 def bias_of(scheme, **model):
   model, params = make(positional=scheme, **model)
   return params, Positional(model.cfg).apply({'params': params.get('positional', {})},
-                                             PACKED_POSITIONS, method='attention_bias')
+                                             PACKED_POSITIONS, PACKED_POSITIONS,
+                                             method='attention_bias')
 
 
 def relative_positions():
@@ -197,7 +198,7 @@ def test_shaw_clips_relative_distance():
   long_positions = jnp.broadcast_to(jnp.arange(T) * 3, (2, T))
   model, _ = make(positional='shaw')
   far = Positional(model.cfg).apply({'params': params['positional']}, long_positions,
-                                    method='attention_bias')
+                                    long_positions, method='attention_bias')
   np.testing.assert_array_equal(far.rel_index_BTS[0, 11, :6], 0)
   assert far.rel_index_BTS[0, 11, 6] == 1
 

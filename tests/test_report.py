@@ -6,7 +6,10 @@ import os
 
 import pytest
 
+from experiments.positional import extrapolation as experiment
+from experiments.positional import lost_in_middle
 from research import report
+from research.report import common, extrapolation
 from tests.conftest import run_cli
 
 TRAIN_LEN = 64
@@ -41,7 +44,8 @@ def make_sweep(root, *, evaluated=True):
   os.makedirs(root, exist_ok=True)
   arms = [{'name': name, 'group': name.split('-')[0],
            'overrides': {'model.positional': name.split('-')[0], 'seed': int(name[-1])}} for name in PPL]
-  _write(os.path.join(root, 'sweep.json'), {'config': 'experiments/positional.py', 'arms': arms})
+  _write(os.path.join(root, 'sweep.json'), {'config': 'experiments/positional.py', 'arms': arms,
+                                            'report': experiment.REPORT})
   for arm in arms:
     d = os.path.join(root, arm['name'])
     os.makedirs(d)
@@ -114,19 +118,20 @@ def test_report_is_deterministic_and_skips_stale_evals(tmp_path):
   with open(path) as f:
     summary = json.load(f)
   _write(path, dict(summary, step=200))
-  sweep = report.load_sweep(workdir)
+  sweep = extrapolation.load_sweep(workdir)
   assert [a.name for a in sweep.arms] == ['rope-s0', 'alibi-s0']
   assert dict(sweep.missing)['rope-s1'] == 'eval_lengths.json is from step 100, the run ended at step 200'
 
 
 def test_tokens_per_sec_leaves_out_the_first_train_row(tmp_path):
   workdir = make_sweep(tmp_path / 'sweep')
-  assert report.train_tokens_per_sec(os.path.join(workdir, 'rope-s0', 'metrics.jsonl')) == 3000.0
-  assert report.train_tokens_per_sec(os.path.join(workdir, 'nowhere.jsonl')) is None
+  assert common.train_tokens_per_sec(os.path.join(workdir, 'rope-s0', 'metrics.jsonl')) == 3000.0
+  assert common.train_tokens_per_sec(os.path.join(workdir, 'nowhere.jsonl')) is None
 
 
 def test_group_order():
-  assert report.group_order({'zeta', 'alibi', 'learned', 'abs', 'rope'}) == ['learned', 'rope', 'alibi', 'abs', 'zeta']
+  assert common.group_order({'zeta', 'alibi', 'learned', 'abs', 'rope'}, experiment.SCHEMES) == [
+      'learned', 'rope', 'alibi', 'abs', 'zeta']
 
 
 @pytest.mark.parametrize('case', ['no_dir', 'no_sweep', 'no_eval'])
@@ -149,7 +154,8 @@ def test_depth_report_for_kv_retrieval_arms(tmp_path):
   arms = [('rope-s0', 'rope', [0.5, 0.2, 0.6]), ('rope-s1', 'rope', [0.7, 0.2, 0.4]),
           ('alibi-s0', 'alibi', [0.1, 0.1, 0.1]), ('alibi-s1', 'alibi', None)]
   _write(tmp_path / 'sweep.json', {'config': 'lim.py', 'arms': [
-      {'name': n, 'group': g, 'overrides': {}} for n, g, _ in arms]})
+      {'name': n, 'group': g, 'overrides': {}} for n, g, _ in arms],
+      'report': lost_in_middle.REPORT})
   for name, _, acc in arms:
     (tmp_path / name).mkdir()
     if acc:

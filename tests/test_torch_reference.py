@@ -8,7 +8,7 @@ import pytest
 
 from research import config as config_lib, parallel
 from research.errors import ConfigError
-from research.train import loop, step as step_lib
+from research.train import step as step_lib, trainer
 from tests.conftest import TINY, run_cli
 
 torch = pytest.importorskip('torch')
@@ -50,7 +50,7 @@ def _batch(seed=0, documents=False):
 
 def _pair(resolved):
   """Our trainer and state, and the reference holding the same initial parameters."""
-  tr = loop.make_trainer(resolved, parallel.make_mesh(resolved.mesh.shape))
+  tr = trainer.make_trainer(resolved, parallel.make_mesh(resolved.mesh.shape))
   state = tr.init(jax.random.PRNGKey(0))
   ref = torch_reference.TorchReference(resolved)
   ref.load_jax_params(jax.device_get(state.params))

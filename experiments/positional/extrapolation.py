@@ -17,7 +17,33 @@ from research.config import default_config
 SCHEMES = ('learned', 'sinusoidal', 'rope', 't5_bias', 'alibi', 'shaw', 'none')
 SEEDS = (0, 1)
 
-EVALUATE = dict(lengths='1x,1.5x,2x,4x,8x', stride=0.5, max_tokens=8192)
+EVALUATE = dict(kind='lengths', lengths='1x,1.5x,2x,4x,8x', stride=0.5, max_tokens=8192)
+
+# Press, Smith & Lewis 2022, "Train Short, Test Long: Attention with Linear Biases Enables Input
+# Length Extrapolation" (ALiBi), ICLR 2022: WikiText-103 validation perplexity of 16-layer,
+# d_model=1024 models trained at L=1024, non-overlapping windows of L_valid tokens
+# (../shared/PAPERS.md marks them [S], from a secondary source). None: out of memory.
+REPORT = dict(
+    kind='extrapolation',
+    order=SCHEMES,  # rows, colours and markers in this order
+    published=dict(
+        source='Press et al. 2022, ALiBi, WikiText-103, trained at L=1024',
+        short='Press et al. 2022, WikiText-103',
+        train_length=1024,
+        lengths=(1024, 1524, 2024, 3024, 6024, 16024),
+        names={'sinusoidal': 'sinusoidal', 'rope': 'rotary', 't5_bias': 'T5 bias',
+               'alibi': 'ALiBi'},
+        perplexity={
+            'sinusoidal': (19.34, 29.82, 51.09, 96.46, 214.02, 453.32),
+            'rope': (19.33, 22.59, 31.17, 35.67, 54.78, 106.99),
+            't5_bias': (18.80, 18.42, 18.34, 18.62, 21.76, None),
+            'alibi': (18.66, 18.22, 18.05, 17.92, 18.01, 17.98),
+        },
+        note=('Numbers taken from a secondary source, not yet checked against the paper. A '
+              '16-layer, d=1024 model on WikiText-103 is far from these runs: compare only the '
+              'shape (Table 4 against the ratios here), not the absolute values.'),
+    ),
+)
 
 
 def get_config(preset='cpu'):

@@ -3,7 +3,7 @@
   python -m launch.sweep --config=experiments/positional/lost_in_middle.py:cpu --workdir=runs/lost_in_middle
   python -m launch.report --workdir=runs/lost_in_middle
 
-Each positional scheme is trained from scratch on the synthetic task (research/objectives/
+Each positional scheme is trained from scratch on the synthetic task (research/data/
 kv_retrieval.py): `data.kv_pairs` random key -> value pairs, then a query key; the loss counts only
 the query's value. Afterwards every arm is scored with the gold pair at 5 depths, first to last
 (exact match of the value, teacher-forced argmax = greedy decoding), into <arm>/kv_depths.json.
@@ -12,6 +12,10 @@ the query's value. Afterwards every arm is scored with the gold pair at 5 depths
 from research.config import default_config
 
 SCHEMES = ('learned', 'sinusoidal', 'rope', 't5_bias', 'alibi', 'shaw', 'none')
+
+# Every arm is scored with the gold pair at 5 depths (research/evaluate/kv_depths.py).
+EVALUATE = dict(kind='kv_depths', rows=256)
+REPORT = dict(kind='kv_depths', order=SCHEMES)
 
 
 def get_config(preset='cpu'):
@@ -45,9 +49,3 @@ def sweep(add, preset):
   del preset
   for scheme in SCHEMES:
     add(name=scheme, group=scheme, **{'model.positional': scheme})
-
-
-def evaluate_arm(workdir, summary):
-  del summary
-  from research.objectives import kv_retrieval
-  kv_retrieval.evaluate_run(workdir, rows=256)

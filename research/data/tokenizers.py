@@ -1,7 +1,9 @@
 """Tokenizers: raw bytes, or byte-level BPE through tiktoken (trained here with rustbpe or loaded).
 
 Every tokenizer has one end-of-text token, `eot_id`, that separates documents in token streams,
-and an `identity` hash of everything that decides its encodings, for cache keys.
+and an `identity` hash of everything that decides its encodings, for cache keys. Denoising
+objectives add special tokens above the text vocabulary (`with_special_tokens`): a mask token,
+UL2's paradigm tokens and T5's sentinels, the sentinels counted down from the top.
 """
 
 import base64
@@ -35,6 +37,7 @@ class Tokenizer(Protocol):
   identity: str
   vocab_size: int
   eot_id: int
+  sample_vocab_size: int  # ids below it may be sampled; the rest are special tokens or padding
 
   def encode(self, text: str) -> list[int]:
     """Ids of `text`, no special tokens."""
@@ -54,6 +57,7 @@ class ByteTokenizer:
   name = 'byte'
   identity = 'byte:v1'
   vocab_size = 257
+  sample_vocab_size = 257
   eot_id = 256
 
   def encode(self, text: str) -> list[int]:
@@ -81,6 +85,7 @@ class TiktokenTokenizer:
     self.name = name
     self.eot_id = special_tokens[EOT]
     self.vocab_size = max(max(mergeable_ranks.values()), *special_tokens.values()) + 1
+    self.sample_vocab_size = self.vocab_size
     self.encoding = tiktoken.Encoding(name, pat_str=pat_str, mergeable_ranks=mergeable_ranks,
                                       special_tokens=special_tokens)
     self._lengths = np.zeros(self.vocab_size, np.int32)
@@ -206,3 +211,68 @@ def build_tokenizer(kind: str, *, vocab_size: int, corpus: Corpus, cache_dir: st
     return load_tiktoken(kind)
   raise ConfigError(f"data.tokenizer={kind!r}: expected 'byte', 'bpe' or a path to a .tiktoken "
                     'file')
+
+
+# Special tokens of the denoising objectives, in this order just above the text vocabulary; the
+# sentinels follow, sentinel 0 (T5's <extra_id_0>) the highest id.
+MASK, PARADIGM_TOKENS = '[MASK]', ('[NLU]', '[NLG]', '[S2S]')
+
+
+class WithSpecialTokens:
+  """A tokenizer with the mask token, UL2's paradigm tokens and `extra_ids` sentinels above its
+  vocabulary: ids [V, V + 4) for [MASK], [NLU], [NLG], [S2S], then the sentinels, sentinel k at
+  V + 4 + extra_ids - 1 - k (counted down from the top, as T5's). Text encodes as the base does;
+  special tokens spell no bytes (bits per byte counts the text), and are never sampled."""
+
+  def __init__(self, base, extra_ids: int):
+    self.base = base
+    self.extra_ids = extra_ids
+    self.name = f'{base.name}+{len(PARADIGM_TOKENS) + 1 + extra_ids} special'
+    self.identity = f'{base.identity}|special:{extra_ids}'
+    self.eot_id = base.eot_id
+    self.sample_vocab_size = base.sample_vocab_size
+    self.mask_id = base.vocab_size
+    self.paradigm_ids = {t: base.vocab_size + 1 + i for i, t in enumerate(PARADIGM_TOKENS)}
+    self.vocab_size = base.vocab_size + 1 + len(PARADIGM_TOKENS) + extra_ids
+    self.path = getattr(base, 'path', None)
+
+  def sentinel_id(self, k: int) -> int:
+    return self.vocab_size - 1 - k
+
+  def special_name(self, i: int) -> str:
+    if i == self.mask_id:
+      return MASK
+    for name, j in self.paradigm_ids.items():
+      if i == j:
+        return name
+    return f'<extra_id_{self.vocab_size - 1 - i}>'
+
+  def encode(self, text: str) -> list[int]:
+    return self.base.encode(text)
+
+  def encode_batch(self, texts: list[str]) -> list[list[int]]:
+    return self.base.encode_batch(texts)
+
+  def decode(self, ids) -> str:
+    """Text runs as the base decodes them, special tokens by name (<extra_id_0>, [MASK])."""
+    ids_N = np.asarray(ids, dtype=np.int64).reshape(-1)
+    pieces, run = [], []
+    for i in ids_N.tolist():
+      if i >= self.base.vocab_size:
+        pieces.append(self.base.decode(run))
+        pieces.append(self.special_name(i))
+        run = []
+      else:
+        run.append(i)
+    pieces.append(self.base.decode(run))
+    return ''.join(pieces)
+
+  def token_byte_lengths(self) -> np.ndarray:
+    out = np.zeros(self.vocab_size, np.int32)
+    out[:self.base.vocab_size] = self.base.token_byte_lengths()
+    return out
+
+
+def with_special_tokens(base, extra_ids: int):
+  """base itself when no special tokens are asked for (extra_ids < 0), else WithSpecialTokens."""
+  return base if extra_ids < 0 else WithSpecialTokens(base, extra_ids)

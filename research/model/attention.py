@@ -9,23 +9,59 @@ import jax.numpy as jnp
 
 from research.model import layers
 
-# Differentiate softmax by its closed form instead of through its max-subtraction: 12% more
-# tokens/s for the quickstart model on CPU, the same values.
+# Differentiate softmax by its closed form instead of through its max-subtraction: faster on the
+# CPU (docs/performance.md), the same values.
 jax.config.update('jax_softmax_custom_jvp', True)
+
+# Which keys a query may see, besides being in its segment (Mask.pattern):
+#   causal  keys at or before the query (a decoder);
+#   prefix  causal, and every pair inside the bidirectional prefix (a prefix LM's inputs);
+#   full    every key of the sequence (an encoder);
+#   cross   every key of another sequence (a decoder's queries over the encoder's output).
+PATTERNS = ('causal', 'prefix', 'full', 'cross')
 
 
 @flax.struct.dataclass
 class Mask:
   """Which keys each query may attend: the same segment (ids > 0; 0 marks padding, which attends
-  nothing and is attended by nothing) and, when causal, key index <= query index.
+  nothing and is attended by nothing), and what `pattern` allows (PATTERNS).
 
-  Kept as segment ids rather than a [B, 1, T, S] array: the attention functions build each block
-  they compute where they use it (`block`), so nothing of size T^2 is stored or saved for the
-  backward (no faster than a stored mask on the 2-core CPU at T=256, measured).
+  index_q_BT / index_k_BS: each query's and key's index in its sequence, which the causal
+  comparison uses (None: 0, 1, ... along the array). A query decoded one at a time against a
+  cache of keys passes its own index, so that it sees every cached key before it.
+  prefix_q_BT / prefix_k_BS (pattern 'prefix'): True on the prefix's queries and keys.
+
+  Kept as per-token arrays rather than a [B, 1, T, S] array: the attention functions build each
+  block they compute where they use it (`block`), so nothing of size T^2 is stored or saved for
+  the backward.
   """
   segment_ids_q_BT: jax.Array
   segment_ids_k_BS: jax.Array
-  causal: bool = flax.struct.field(pytree_node=False, default=True)
+  index_q_BT: Optional[jax.Array] = None
+  index_k_BS: Optional[jax.Array] = None
+  prefix_q_BT: Optional[jax.Array] = None
+  prefix_k_BS: Optional[jax.Array] = None
+  pattern: str = flax.struct.field(pytree_node=False, default='causal')
+
+  def __post_init__(self):
+    if self.pattern not in PATTERNS:
+      raise ValueError(f'mask pattern {self.pattern!r} is not one of {PATTERNS}')
+    if self.pattern == 'prefix' and (self.prefix_q_BT is None or self.prefix_k_BS is None):
+      raise ValueError("mask pattern 'prefix' needs prefix_q_BT and prefix_k_BS")
+
+  @property
+  def causal(self) -> bool:
+    return self.pattern in ('causal', 'prefix')
+
+  @property
+  def plain_causal(self) -> bool:
+    """Causal over one sequence indexed 0, 1, ...: what blocked attention and is_causal assume."""
+    return (self.pattern == 'causal' and self.index_q_BT is None and self.index_k_BS is None
+            and self.segment_ids_q_BT.shape[1] == self.segment_ids_k_BS.shape[1])
+
+  def segments_only(self) -> 'Mask':
+    """The same segments and padding with every other pair allowed."""
+    return Mask(self.segment_ids_q_BT, self.segment_ids_k_BS, pattern='full')
 
   def block(self, q_start: int = 0, q_end=None, k_start: int = 0, k_end=None):
     """[B, 1, q_end - q_start, k_end - k_start] bool for those query and key index ranges."""
@@ -33,16 +69,26 @@ class Mask:
     seg_k_BS = self.segment_ids_k_BS[:, k_start:k_end]
     mask_BTS = (seg_q_BT[:, :, None] == seg_k_BS[:, None, :]) & (seg_k_BS[:, None, :] > 0)
     if self.causal:
-      shape = (seg_q_BT.shape[1], seg_k_BS.shape[1])
-      q_T1 = jax.lax.broadcasted_iota(jnp.int32, shape, 0) + q_start
-      k_1S = jax.lax.broadcasted_iota(jnp.int32, shape, 1) + k_start
-      mask_BTS &= (k_1S <= q_T1)[None]
+      t, s = seg_q_BT.shape[1], seg_k_BS.shape[1]
+      if self.index_q_BT is None:
+        q_BT1 = jax.lax.broadcasted_iota(jnp.int32, (1, t, 1), 1) + q_start
+      else:
+        q_BT1 = self.index_q_BT[:, q_start:q_end, None]
+      if self.index_k_BS is None:
+        k_B1S = jax.lax.broadcasted_iota(jnp.int32, (1, 1, s), 2) + k_start
+      else:
+        k_B1S = self.index_k_BS[:, None, k_start:k_end]
+      allowed_BTS = k_B1S <= q_BT1
+      if self.pattern == 'prefix':
+        allowed_BTS |= ((self.prefix_q_BT[:, q_start:q_end, None] > 0)
+                        & (self.prefix_k_BS[:, None, k_start:k_end] > 0))
+      mask_BTS &= allowed_BTS
     return mask_BTS[:, None]
 
 
-def attention_mask(segment_ids_BT, *, causal: bool = True):
-  """[B, 1, T, T] bool: Mask(segment_ids_BT, segment_ids_BT, causal) as an array."""
-  return Mask(segment_ids_BT, segment_ids_BT, causal).block()
+def attention_mask(segment_ids_BT, *, pattern: str = 'causal'):
+  """[B, 1, T, T] bool: Mask(segment_ids_BT, segment_ids_BT, pattern=pattern) as an array."""
+  return Mask(segment_ids_BT, segment_ids_BT, pattern=pattern).block()
 
 
 def mask_array(mask):
@@ -119,9 +165,9 @@ IMPLS = ('auto', 'einsum', 'blocked', 'jax_xla', 'jax_cudnn')
 def resolve_impl(impl: str, *, dtype, has_relative_kv: bool, platform: Optional[str] = None
                  ) -> str:
   """'auto': cuDNN flash attention on GPU where it applies (16-bit, no Shaw terms); on CPU the
-  blocked causal path (about 20% more train tokens/s than einsum for launch.bench's `small`);
-  einsum otherwise. platform: the devices the step is compiled for ('cpu', 'gpu', 'tpu');
-  None: JAX's default backend."""
+  blocked causal path (faster than einsum there: docs/performance.md); einsum otherwise.
+  platform: the devices the step is compiled for ('cpu', 'gpu', 'tpu'); None: JAX's default
+  backend."""
   if impl != 'auto':
     return impl
   backend = platform or jax.default_backend()
@@ -135,11 +181,14 @@ def blocked_causal_attention(q_BTNH, k_BSKH, v_BSKH, mask, bias=None, *, num_blo
   """Causal attention with the queries in blocks, each attending only to keys up to its end.
 
   The same values as dot_product_attention under a causal mask, with about (n + 1) / 2n of its
-  score FLOPs for n blocks: the key blocks after each query block are never computed.
+  score FLOPs for n blocks: the key blocks after each query block are never computed. Any other
+  mask (a prefix, bidirectional, cross-attention, a query offset into cached keys), or a length
+  the blocks do not divide, is computed whole by dot_product_attention, which honours it.
   """
   bias = bias or AttentionBias()
   t = q_BTNH.shape[1]
-  if t % num_blocks or k_BSKH.shape[1] != t:
+  plain = mask.plain_causal if isinstance(mask, Mask) else False
+  if t % num_blocks or k_BSKH.shape[1] != t or not plain:
     return dot_product_attention(q_BTNH, k_BSKH, v_BSKH, mask, bias)
   size = t // num_blocks
   outs = []
@@ -156,10 +205,7 @@ def blocked_causal_attention(q_BTNH, k_BSKH, v_BSKH, mask, bias=None, *, num_blo
         index[k_axis] = slice(0, k_end)
       return x[tuple(index)]
 
-    if isinstance(mask, Mask):
-      block_mask = mask.block(i * size, (i + 1) * size, 0, k_end)
-    else:
-      block_mask = cut(mask, 2, 3)
+    block_mask = mask.block(i * size, (i + 1) * size, 0, k_end)
     part = bias.replace(logits_BNTS=cut(bias.logits_BNTS, 2, 3),
                         rel_index_BTS=cut(bias.rel_index_BTS, 1, 2))
     outs.append(dot_product_attention(q_BTNH[:, q_sl], k_BSKH[:, :k_end], v_BSKH[:, :k_end],
@@ -167,37 +213,43 @@ def blocked_causal_attention(q_BTNH, k_BSKH, v_BSKH, mask, bias=None, *, num_blo
   return jnp.concatenate(outs, axis=1)
 
 
-def attend(q_BTNH, k_BSKH, v_BSKH, mask, bias=None, *, impl='einsum', causal=True):
-  """Attention by `impl` (config model.attention_impl, resolved): the same values from each.
+def attend(q_BTNH, k_BSKH, v_BSKH, mask, bias=None, *, impl='einsum'):
+  """Attention by `impl` (config model.attention_impl, resolved): the same values from each, for
+  every Mask pattern.
 
-  einsum: dot_product_attention above, the plain XLA path. blocked: causal query blocks (CPU).
-  jax_xla / jax_cudnn: jax.nn.dot_product_attention with that implementation; neither takes
-  Shaw's relative key/value vectors (config validation refuses the pair).
+  einsum: dot_product_attention above, the plain XLA path. blocked: causal query blocks (CPU),
+  the whole product for other patterns. jax_xla / jax_cudnn: jax.nn.dot_product_attention with
+  that implementation; neither takes Shaw's relative key/value vectors (config validation
+  refuses the pair).
   """
-  if impl == 'einsum' or (impl == 'blocked' and not causal):
+  if impl == 'einsum':
     return dot_product_attention(q_BTNH, k_BSKH, v_BSKH, mask, bias)
   if impl == 'blocked':
     return blocked_causal_attention(q_BTNH, k_BSKH, v_BSKH, mask, bias)
+  if impl not in ('jax_xla', 'jax_cudnn'):
+    raise ValueError(f'unknown attention impl {impl!r}')
   bias = bias or AttentionBias()
   if bias.rel_key_DH is not None or bias.rel_value_DH is not None:
     raise ValueError(f'attention impl {impl} cannot add relative key/value vectors (shaw)')
   logits_bias = bias.logits_BNTS
   if logits_bias is not None:
     logits_bias = logits_bias.astype(q_BTNH.dtype if impl == 'jax_cudnn' else jnp.float32)
-  # A causal Mask goes as is_causal (cuDNN then skips the blocks above the diagonal) plus its
-  # segment part as the array; an array mask is passed whole.
-  is_causal = isinstance(mask, Mask) and mask.causal
+  # A plain causal Mask goes as is_causal (cuDNN then skips the blocks above the diagonal) plus
+  # its segment part as the array; any other mask is passed whole.
+  is_causal = isinstance(mask, Mask) and mask.plain_causal
   if is_causal:
-    mask = mask.replace(causal=False)
+    mask = mask.segments_only()
   return jax.nn.dot_product_attention(
       q_BTNH, k_BSKH, v_BSKH, bias=logits_bias, mask=mask_array(mask), is_causal=is_causal,
       implementation='cudnn' if impl == 'jax_cudnn' else 'xla')
 
 
 class Attention(nn.Module):
-  """Self-attention of a block; cfg is a transformer.ModelConfig.
+  """Attention of a block's queries over keys and values of the same sequence (self-attention)
+  or of another one (cross-attention); cfg is a transformer.ModelConfig.
 
-  transform_qk(q, k, positions) -> (q, k) is the positional scheme's hook on queries and keys.
+  transform_qk(q, k, q_positions, k_positions) -> (q, k) is the positional scheme's hook on
+  queries and keys (None in cross-attention: no scheme relates positions of two sequences).
   """
   cfg: object
   out_init_std: float
@@ -205,25 +257,24 @@ class Attention(nn.Module):
   transform_qk: Optional[Callable] = None
 
   @nn.compact
-  def __call__(self, x_BTD, mask, positions_BT, bias, deterministic):
+  def __call__(self, x_BTD, kv_BSD, mask, q_positions_BT, k_positions_BS, bias, deterministic):
     cfg = self.cfg
     d = x_BTD.shape[-1]
 
-    def heads_in(name, heads):
+    def heads_in(name, x, heads):
       return layers.Projection((d,), (heads, cfg.head_dim), ('embed', 'heads', 'kv'),
-                               cfg.use_bias, cfg.init_std, self.dtype, name=name)(x_BTD)
+                               cfg.use_bias, cfg.init_std, self.dtype, name=name)(x)
 
     heads_axes = ('batch', 'length', 'heads', 'kv')
-    q = heads_in('query', cfg.num_heads)
-    k = heads_in('key', cfg.num_kv_heads)
-    v = heads_in('value', cfg.num_kv_heads)
+    q = heads_in('query', x_BTD, cfg.num_heads)
+    k = heads_in('key', kv_BSD, cfg.num_kv_heads)
+    v = heads_in('value', kv_BSD, cfg.num_kv_heads)
     q, k, v = (nn.with_logical_constraint(a, heads_axes) for a in (q, k, v))
     if self.transform_qk is not None:
-      q, k = self.transform_qk(q, k, positions_BT)
+      q, k = self.transform_qk(q, k, q_positions_BT, k_positions_BS)
     impl = resolve_impl(cfg.attention_impl, dtype=self.dtype,
                         has_relative_kv=bias is not None and bias.rel_key_DH is not None)
-    out_BTNH = nn.with_logical_constraint(
-        attend(q, k, v, mask, bias, impl=impl, causal=True), heads_axes)
+    out_BTNH = nn.with_logical_constraint(attend(q, k, v, mask, bias, impl=impl), heads_axes)
     out_BTD = layers.Projection((cfg.num_heads, cfg.head_dim), (d,), ('heads', 'kv', 'embed'),
                                 cfg.use_bias, self.out_init_std, self.dtype, name='out')(out_BTNH)
     return nn.Dropout(cfg.dropout)(out_BTD, deterministic=deterministic)

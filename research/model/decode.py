@@ -1,6 +1,11 @@
-"""Sampling by re-running the full forward each step: simple and right for every scheme.
+"""Sampling by re-running the full forward each step: simple and right for every architecture
+and scheme.
 
-A KV-cache decoder replaces this later; this one exists so a run ends by showing what it learned.
+The prompt is an example's inputs and the generated tokens its targets; the architecture's own
+feature converter (research/data/features.py) lays them out, so a decoder continues the prompt,
+a prefix LM reads it bidirectionally, and an encoder-decoder encodes it and decodes from its
+start token, all through one loop: read the logits at the position that predicts target i,
+sample, write the token where the model reads target i (the next position).
 """
 
 import functools
@@ -10,41 +15,58 @@ import jax.numpy as jnp
 import numpy as np
 
 
-@functools.partial(jax.jit, static_argnames=('model', 'length', 'max_new', 'vocab_size'))
-def _sample(model, params, tokens_NL, start, rng, temperature, *, length, max_new, vocab_size):
-  n = tokens_NL.shape[0]
-  positions_NL = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (n, length))
-  segments_NL = jnp.ones((n, length), jnp.int32)
+@functools.partial(jax.jit, static_argnames=('model', 'max_new', 'vocab_size'))
+def _sample(model, params, batch, offsets_N, rng, temperature, *, max_new, vocab_size):
+  n, length = batch['inputs'].shape
+  rows_N = jnp.arange(n)
 
   def body(i, carry):
-    tokens_NL, rng = carry
-    t = start + i  # the position being filled
-    logits_NLV = model.apply({'params': params}, tokens_NL, positions_NL, segments_NL)
-    logits_NV = jax.lax.dynamic_index_in_dim(logits_NLV, t - 1, axis=1, keepdims=False)
-    # Rows past the tokenizer's vocabulary are padding (model.vocab_size): never sampled.
+    inputs_NL, out_NM, rng = carry
+    logits_NLV = model.apply({'params': params}, dict(batch, inputs=inputs_NL))
+    logits_NV = logits_NLV[rows_N, offsets_N + i]
+    # Rows past the tokenizer's text vocabulary are special tokens or padding: never sampled.
     logits_NV = jnp.where(jnp.arange(logits_NV.shape[-1]) < vocab_size, logits_NV, -jnp.inf)
     rng, key = jax.random.split(rng)
     next_N = jnp.where(temperature > 0,
                        jax.random.categorical(key, logits_NV / jnp.maximum(temperature, 1e-6)),
-                       jnp.argmax(logits_NV, axis=-1)).astype(tokens_NL.dtype)
-    return tokens_NL.at[:, t].set(next_N), rng
+                       jnp.argmax(logits_NV, axis=-1)).astype(inputs_NL.dtype)
+    inputs_NL = inputs_NL.at[rows_N, offsets_N + i + 1].set(next_N, mode='drop')
+    return inputs_NL, out_NM.at[:, i].set(next_N), rng
 
-  tokens_NL, _ = jax.lax.fori_loop(0, max_new, body, (tokens_NL, rng))
-  return tokens_NL
+  out_NM = jnp.zeros((n, max_new), batch['inputs'].dtype)
+  _, out_NM, _ = jax.lax.fori_loop(0, max_new, body, (batch['inputs'], out_NM, rng))
+  return out_NM
 
 
-def generate(model, params, prompt_ids, *, num_samples, max_new_tokens, temperature, seed,
-             seq_len, eot_id, vocab_size):
+def generation_batch(converter, model_lengths: dict, prompt_ids, num_samples: int,
+                     max_new_tokens: int):
+  """(Batch, [N] offsets of the first target, tokens that fit) of num_samples copies of the
+  prompt with room for the targets, at the model's own sequence lengths."""
+  lengths = converter.generation_lengths(model_lengths, len(prompt_ids))
+  prompt = np.asarray(prompt_ids, np.int32)[None].repeat(num_samples, 0)
+  targets = np.zeros((num_samples, lengths.targets), np.int32)
+  example = {'inputs': prompt, 'inputs_segment_ids': np.ones_like(prompt),
+             'targets': targets, 'targets_segment_ids': np.ones_like(targets)}
+  batch = converter(example, lengths)
+  offsets = converter.target_offsets(example)
+  room = model_lengths['length'] - int(offsets.max())
+  return batch, offsets, min(max_new_tokens, room, lengths.targets)
+
+
+def generate(model, params, prompt_ids, *, converter, model_lengths: dict, num_samples: int,
+             max_new_tokens: int, temperature: float, seed: int, eot_id: int, vocab_size: int):
   """num_samples continuations of prompt_ids (list of ints), each cut at the first end-of-text,
-  drawn from the first vocab_size ids (the tokenizer's; the model may have padding rows)."""
-  prompt = list(prompt_ids)[-(seq_len - 1):] or [eot_id]
-  max_new = min(max_new_tokens, seq_len - len(prompt))
-  tokens_NL = np.zeros((num_samples, seq_len), np.int32)
-  tokens_NL[:, :len(prompt)] = prompt
-  out = np.asarray(_sample(model, params, jnp.asarray(tokens_NL), len(prompt),
-                           jax.random.PRNGKey(seed), jnp.float32(temperature),
-                           length=seq_len, max_new=max_new, vocab_size=vocab_size))
+  drawn from the first vocab_size ids (the tokenizer's text; the model may have more rows).
+  The prompt keeps its last tokens when the model's sequence cannot hold it all."""
+  prompt = list(prompt_ids) or [eot_id]
+  prompt = prompt[-converter.max_prompt_length(model_lengths):]
+  batch, offsets, max_new = generation_batch(converter, model_lengths, prompt, num_samples,
+                                             max_new_tokens)
+  out = np.asarray(_sample(model, params, jax.tree.map(jnp.asarray, batch),
+                           jnp.asarray(offsets, jnp.int32), jax.random.PRNGKey(seed),
+                           jnp.float32(temperature), max_new=max_new, vocab_size=vocab_size))
   samples = []
-  for row in out[:, len(prompt):len(prompt) + max_new].tolist():
+  for row in out.tolist():
     samples.append(row[:row.index(eot_id)] if eot_id in row else row)
   return samples
+

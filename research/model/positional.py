@@ -6,8 +6,13 @@
    shared by all layers: logits bias (alibi, t5_bias) or relative key/value vectors (shaw).
 `none` (NoPE) uses none of them: causal masking alone carries order.
 
-Every scheme reads `positions_BT`, which restart at each packed document, never the array index;
+Every scheme reads positions, which restart at each packed document, never the array index;
 the attention mask keeps documents apart, so relative schemes see only within-document offsets.
+Queries and keys have their own positions (a query decoded against cached keys, or a decoder's
+queries over an encoder's keys). A stack that attends both ways (an encoder, a prefix LM) uses the
+bidirectional form of each relative scheme: T5's buckets with `bidirectional=True`, ALiBi by
+distance either way, Shaw over negative and positive distances (as in every stack). In
+cross-attention no scheme applies: it relates positions of two different sequences.
 """
 
 import math
@@ -99,18 +104,22 @@ def t5_relative_bucket(relative_position, *, bidirectional: bool, num_buckets: i
   return ret + jnp.where(n < max_exact, n, val_if_large)
 
 
-def transform_qk(cfg, q_BTNH, k_BTKH, positions_BT):
-  """The per-layer hook on queries and keys (rope); holds no parameters, so scanned layers and
-  any other transform can call it."""
+def transform_qk(cfg, q_BTNH, k_BSKH, q_positions_BT, k_positions_BS):
+  """The per-layer hook on queries and keys (rope: each rotated by its own position); holds no
+  parameters, so scanned layers and any other transform can call it."""
   if cfg.positional == 'rope':
     kwargs = dict(theta=cfg.rope_theta, layout=cfg.rope_layout, fraction=cfg.rope_fraction)
-    return rope(q_BTNH, positions_BT, **kwargs), rope(k_BTKH, positions_BT, **kwargs)
-  return q_BTNH, k_BTKH
+    return rope(q_BTNH, q_positions_BT, **kwargs), rope(k_BSKH, k_positions_BS, **kwargs)
+  return q_BTNH, k_BSKH
 
 
 class Positional(nn.Module):
-  """The scheme `cfg.positional` behind three hooks; cfg is a transformer.ModelConfig."""
+  """The scheme `cfg.positional` behind three hooks; cfg is a transformer.ModelConfig.
+
+  bidirectional: the stack's queries see keys after them too (encoder, prefix LM).
+  """
   cfg: object
+  bidirectional: bool = False
 
   def setup(self):
     cfg = self.cfg
@@ -122,7 +131,7 @@ class Positional(nn.Module):
     if cfg.positional == 'learned':
       self.embedding = param('embedding', (None, 'embed'), (cfg.max_len, cfg.d_model))
     elif cfg.positional == 't5_bias':
-      # One scalar per head per bucket, shared by all layers as in T5.
+      # One scalar per head per bucket, shared by all layers of the stack as in T5.
       self.rel_bias = param('rel_bias', (None, 'heads'), (cfg.t5_num_buckets, cfg.num_heads))
     elif cfg.positional == 'shaw':
       # a^K and a^V of Shaw et al. 2018: shared across heads (the paper) and, through this hook,
@@ -144,20 +153,25 @@ class Positional(nn.Module):
       return x_BTD * math.sqrt(self.cfg.d_model) + pe_BTD.astype(dtype)
     return x_BTD
 
-  def transform_qk(self, q_BTNH, k_BTKH, positions_BT):
-    return transform_qk(self.cfg, q_BTNH, k_BTKH, positions_BT)
+  def transform_qk(self, q_BTNH, k_BSKH, q_positions_BT, k_positions_BS):
+    return transform_qk(self.cfg, q_BTNH, k_BSKH, q_positions_BT, k_positions_BS)
 
-  def attention_bias(self, positions_BT):
-    """An AttentionBias for the attention function, or None."""
+  def attention_bias(self, q_positions_BT, k_positions_BS):
+    """An AttentionBias for the attention function of queries at q_positions over keys at
+    k_positions, or None."""
     cfg = self.cfg
     # Key position minus query position; pairs across documents are masked whatever they hold.
-    rel_BTS = positions_BT[:, None, :] - positions_BT[:, :, None]
+    rel_BTS = k_positions_BS[:, None, :] - q_positions_BT[:, :, None]
     if cfg.positional == 'alibi':
-      # -slope * (query - key) for the keys a causal query sees, added after the 1/sqrt(d) scaling.
+      # -slope * (query - key) for the keys a causal query sees, added after the 1/sqrt(d)
+      # scaling; attending both ways, the symmetric -slope * |query - key|.
       slopes_1N11 = jnp.asarray(alibi_slopes(cfg.num_heads), jnp.float32)[None, :, None, None]
-      return AttentionBias(logits_BNTS=slopes_1N11 * rel_BTS[:, None].astype(jnp.float32))
+      distance_B1TS = rel_BTS[:, None].astype(jnp.float32)
+      if self.bidirectional:
+        distance_B1TS = -jnp.abs(distance_B1TS)
+      return AttentionBias(logits_BNTS=slopes_1N11 * distance_B1TS)
     if cfg.positional == 't5_bias':
-      bucket_BTS = t5_relative_bucket(rel_BTS, bidirectional=False,
+      bucket_BTS = t5_relative_bucket(rel_BTS, bidirectional=self.bidirectional,
                                       num_buckets=cfg.t5_num_buckets,
                                       max_distance=cfg.t5_max_distance)
       # T5 leaves its logits unscaled; ours keep 1/sqrt(d) before the bias, which is learned and

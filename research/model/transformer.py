@@ -1,14 +1,16 @@
-"""The decoder-only transformer; one Batch in, logits out.
+"""The transformer blocks every architecture is built from (research/model/archs.py).
 
 Switches (all from `model.*`): norm kind and position, activation, positional scheme, grouped-query
-heads, tied embeddings, biases, dropout. Later architectures (prefix LM, encoder-decoder, encoder)
-reuse `Block` with a different mask.
+heads, tied embeddings, biases, dropout. A block is self-attention (under whatever Mask its stack
+passes), optionally cross-attention over another sequence, and the MLP.
 """
 
 import dataclasses
 import functools
 import math
+from typing import Optional
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -43,6 +45,9 @@ class ModelConfig:
   use_bias: bool
   dropout: float
   init_std: float
+  arch: str = 'decoder'
+  num_encoder_layers: int = 0  # encoder_decoder: the encoder's depth (resolved: never 0)
+  share_embeddings: bool = True  # encoder_decoder: one token embedding for both stacks
   attention_impl: str = 'einsum'
   scan_layers: bool = False
   remat: str = 'none'
@@ -67,13 +72,29 @@ REMAT_POLICIES = {
 RESIDUAL_AXES = ('batch', 'length', None)
 
 
+@flax.struct.dataclass
+class Context:
+  """What every layer of a stack reads beside its input, computed once per forward.
+
+  mask, positions, bias: the stack's self-attention (its queries and keys share the positions).
+  memory_BSD, memory_mask: cross-attention over another sequence (an encoder's output), if any.
+  """
+  mask: attention_lib.Mask
+  positions_BT: jax.Array
+  bias: Optional[attention_lib.AttentionBias] = None
+  memory_BSD: Optional[jax.Array] = None
+  memory_mask: Optional[attention_lib.Mask] = None
+
+
 class Block(nn.Module):
-  """Pre- or post-norm attention + MLP. Returns (x, None) so that nn.scan can stack it."""
+  """Pre- or post-norm self-attention, optional cross-attention, MLP. Returns (x, None) so that
+  nn.scan can stack it."""
   cfg: ModelConfig
   deterministic: bool = True
+  cross: bool = False
 
   @nn.compact
-  def __call__(self, x_BTD, mask, positions_BT, bias):
+  def __call__(self, x_BTD, ctx: Context):
     cfg, deterministic = self.cfg, self.deterministic
     dtype = jnp.dtype(cfg.dtype)
     # GPT-2's scaled init of the projections that write into the residual stream.
@@ -85,65 +106,50 @@ class Block(nn.Module):
                      dtype, name='mlp')
     norm1 = layers.norm(cfg.norm, cfg.norm_eps, cfg.use_bias, dtype, 'norm_attention')
     norm2 = layers.norm(cfg.norm, cfg.norm_eps, cfg.use_bias, dtype, 'norm_mlp')
+    sublayers = [lambda h: attn(h, h, ctx.mask, ctx.positions_BT, ctx.positions_BT, ctx.bias,
+                                deterministic)]
+    norms = [norm1]
+    if self.cross:
+      cross = attention_lib.Attention(cfg, out_std, dtype, None, name='cross_attention')
+      sublayers.append(lambda h: cross(h, ctx.memory_BSD, ctx.memory_mask, None, None, None,
+                                       deterministic))
+      norms.append(layers.norm(cfg.norm, cfg.norm_eps, cfg.use_bias, dtype, 'norm_cross'))
+    sublayers.append(lambda h: mlp(h, deterministic))
+    norms.append(norm2)
     x_BTD = nn.with_logical_constraint(x_BTD, RESIDUAL_AXES)
-    if cfg.norm_position == 'pre':
-      x_BTD = x_BTD + attn(norm1(x_BTD), mask, positions_BT, bias, deterministic)
-      x_BTD = x_BTD + mlp(norm2(x_BTD), deterministic)
-    else:
-      x_BTD = norm1(x_BTD + attn(x_BTD, mask, positions_BT, bias, deterministic))
-      x_BTD = norm2(x_BTD + mlp(x_BTD, deterministic))
+    for sublayer, norm in zip(sublayers, norms):
+      if cfg.norm_position == 'pre':
+        x_BTD = x_BTD + sublayer(norm(x_BTD))
+      else:
+        x_BTD = norm(x_BTD + sublayer(x_BTD))
     return nn.with_logical_constraint(x_BTD, RESIDUAL_AXES), None
 
 
-def block_stack(cfg: ModelConfig, deterministic: bool):
-  """A function (x, mask, positions, bias) -> x over all layers.
+def block_stack(cfg: ModelConfig, deterministic: bool, *, num_layers: int, cross: bool = False,
+                prefix: str = ''):
+  """A function (x, ctx) -> x over num_layers blocks, their parameters named with `prefix`.
 
   scan_layers: one Block under nn.scan, its parameters stacked on a leading 'layers' axis
-  (params['layers'][...]); compiles once whatever the depth. Otherwise a Python loop of
-  layer_0, layer_1, ... Either way each layer may be rematerialized by the `remat` policy.
+  (params[prefix + 'layers'][...]); compiles once whatever the depth. Otherwise a Python loop of
+  prefix + 'layer_0', 'layer_1', ... Either way each layer may be rematerialized by `remat`.
   """
+  # The stack's own depth scales its residual projections' initialization (Block's out_std).
+  cfg = dataclasses.replace(cfg, num_layers=num_layers)
   block = Block
   if cfg.remat != 'none':
     block = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
   if cfg.scan_layers:
     stack = nn.scan(block, variable_axes={'params': 0}, split_rngs={'params': True, 'dropout': True},
-                    in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.num_layers,
+                    in_axes=(nn.broadcast,), length=num_layers,
                     metadata_params={nn.PARTITION_NAME: 'layers'})(
-                        cfg, deterministic, name='layers')
-    return lambda x, *args: stack(x, *args)[0]
+                        cfg, deterministic, cross, name=f'{prefix}layers')
+    return lambda x, ctx: stack(x, ctx)[0]
 
-  layers_ = [block(cfg, deterministic, name=f'layer_{i}') for i in range(cfg.num_layers)]
+  layers_ = [block(cfg, deterministic, cross, name=f'{prefix}layer_{i}')
+             for i in range(num_layers)]
 
-  def run(x, *args):
+  def run(x, ctx):
     for layer in layers_:
-      x = layer(x, *args)[0]
+      x = layer(x, ctx)[0]
     return x
   return run
-
-
-class Decoder(nn.Module):
-  """Causal decoder. Batch keys used: inputs, positions, segment_ids."""
-  cfg: ModelConfig
-
-  @nn.compact
-  def __call__(self, inputs_BT, positions_BT, segment_ids_BT, *, deterministic=True):
-    cfg = self.cfg
-    dtype = jnp.dtype(cfg.dtype)
-    embed = nn.Embed(cfg.vocab_size, cfg.d_model, dtype=dtype, name='embed',
-                     embedding_init=nn.with_logical_partitioning(
-                         nn.initializers.normal(cfg.init_std), ('vocab', 'embed')))
-    positional = positional_lib.Positional(cfg, name='positional')
-    x_BTD = positional.embed(embed(inputs_BT), positions_BT)
-    x_BTD = nn.Dropout(cfg.dropout)(x_BTD, deterministic=deterministic)
-    mask = attention_lib.Mask(segment_ids_BT, segment_ids_BT, causal=True)
-    bias = positional.attention_bias(positions_BT)
-    x_BTD = block_stack(cfg, deterministic)(x_BTD, mask, positions_BT, bias)
-    if cfg.norm_position == 'pre':
-      x_BTD = layers.norm(cfg.norm, cfg.norm_eps, cfg.use_bias, dtype, 'norm_final')(x_BTD)
-    if cfg.tie_embeddings:
-      logits_BTV = embed.attend(x_BTD)
-    else:
-      logits_BTV = nn.Dense(cfg.vocab_size, use_bias=False, dtype=dtype, name='unembed',
-                            kernel_init=nn.with_logical_partitioning(
-                                nn.initializers.normal(cfg.init_std), ('embed', 'vocab')))(x_BTD)
-    return nn.with_logical_constraint(logits_BTV.astype(jnp.float32), ('batch', 'length', 'vocab'))

@@ -1,26 +1,45 @@
-"""Next-token prediction: packed loader rows -> the batch every model consumes."""
+"""Next-token prediction over the whole packed row (GPT; BigScience's "full language modelling").
+
+As a text-to-text example: the row's first token is the input and the rest are the targets, so
+the decoder-only converter predicts every token after the first, as a language model does, with
+the loader's document segments kept (attention stays inside each packed document).
+"""
 
 import numpy as np
 
+from research.data import features as features_lib
+from research.objectives import Objective
 
-def causal_lm_batch(rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """Loader rows {'tokens', 'segment_ids'} (B, T+1) -> the model's batch, each (B, T).
 
-  Keys: inputs, targets, segment_ids, positions (int32) and loss_mask (float32). Every target
-  counts, the next document's eot included: predicting it teaches the model where documents end.
-  """
-  tokens_BT1 = np.asarray(rows['tokens'], np.int32)
-  segment_ids_BT = np.asarray(rows['segment_ids'][:, :-1], np.int32)
-  batch, length = segment_ids_BT.shape
-  # Position = distance from the latest segment start; starts are the row start and id changes.
-  index_BT = np.broadcast_to(np.arange(length, dtype=np.int32), (batch, length))
-  is_start_BT = np.ones((batch, length), bool)
-  is_start_BT[:, 1:] = segment_ids_BT[:, 1:] != segment_ids_BT[:, :-1]
-  start_BT = np.maximum.accumulate(np.where(is_start_BT, index_BT, 0), axis=1)
-  return {
-      'inputs': np.ascontiguousarray(tokens_BT1[:, :-1]),
-      'targets': np.ascontiguousarray(tokens_BT1[:, 1:]),
-      'segment_ids': segment_ids_BT,
-      'positions': (index_BT - start_BT).astype(np.int32),
-      'loss_mask': np.ones((batch, length), np.float32),
-  }
+def lm_lengths(n: int):
+  return features_lib.ExampleLengths(inputs=1, targets=n, total=n + 1)
+
+
+def lm_example(tokens_BN1, segment_ids_BN1) -> dict:
+  """Rows of n + 1 tokens as the example: the first token the input, the rest the targets."""
+  tokens_BN1 = np.asarray(tokens_BN1, np.int32)
+  segment_ids_BN1 = np.asarray(segment_ids_BN1, np.int32)
+  return {'inputs': tokens_BN1[:, :1], 'inputs_segment_ids': segment_ids_BN1[:, :1],
+          'targets': tokens_BN1[:, 1:], 'targets_segment_ids': segment_ids_BN1[:, 1:]}
+
+
+class CausalLM(Objective):
+  NEEDS_SPECIAL_TOKENS = False
+
+  def check(self) -> None:
+    pass  # any row length: a row is seq_len + 1 tokens
+
+  def lengths(self):
+    return lm_lengths(self.n)
+
+  def __call__(self, tokens_BN1, segment_ids_BN1, draws, ids) -> dict:
+    del draws, ids
+    return lm_example(tokens_BN1, segment_ids_BN1)
+
+
+def causal_lm_batch(rows: dict) -> dict:
+  """Loader rows {'tokens', 'segment_ids'} (B, T+1) -> the decoder's Batch, each (B, T): inputs,
+  targets, segment_ids, positions (int32) and loss_mask (float32). Every target counts, the next
+  document's eot included: predicting it teaches the model where documents end."""
+  lengths = lm_lengths(rows['tokens'].shape[1] - 1)
+  return features_lib.DecoderOnly()(lm_example(rows['tokens'], rows['segment_ids']), lengths)

@@ -1,11 +1,19 @@
 """Model FLOPs per token and the matmul peak that MFU divides by.
 
-Train FLOPs per token = 6 * N_matmul + 6 * L * T * d_attn, where N_matmul counts every weight that
-takes part in a matmul (attention and MLP projections and the output projection over the
-vocabulary, but not embedding lookups, positional tables, norms or biases), and the second term is
-the attention score and value matmuls (2 * 2 * T * d_attn per layer forward, x3 for forward +
-backward) HALVED for causal masking, since only half the query-key pairs are computed usefully.
-This is Kaplan et al.'s C = 6N + 6 n_layer n_ctx d_attn; PaLM's MFU does not halve (12 L T d).
+Train FLOPs of a decoder per token = 6 * N_matmul + 6 * L * T * d_attn, where N_matmul counts every
+weight that takes part in a matmul (attention and MLP projections and the output projection over
+the vocabulary, but not embedding lookups, positional tables, norms or biases), and the second
+term is the attention score and value matmuls (2 * 2 * T * d_attn per layer forward, x3 for
+forward + backward) HALVED for causal masking, since only half the query-key pairs are computed
+usefully. This is Kaplan et al.'s C = 6N + 6 n_layer n_ctx d_attn; PaLM's MFU does not halve.
+
+Other architectures (research/model/archs.py) count each attention of their ATTENTIONS the same
+way over the sequences it joins: causal self-attention halved (decoder, and the decoder of an
+encoder-decoder); bidirectional self-attention whole (encoder, an encoder-decoder's encoder);
+a prefix LM's self-attention whole too (its prefix is bidirectional and its length varies, so
+this is an upper bound); cross-attention whole (every decoder token over every encoder token),
+its key and value projections applied to the encoder's tokens. Per token means per token the
+model reads: an example's FLOPs over the sum of its sequences' lengths.
 
 The peak MFU divides by: on the CPU the matmul rate measured here and now (no datasheet figure
 fits a shared, throttled host); on GPUs and TPUs the vendor's dense 16-bit figure for that chip
@@ -21,16 +29,53 @@ import jax.numpy as jnp
 from research import cpu
 
 
+def _query_side_params(cfg) -> int:
+  """Weights of an attention applied to its queries' tokens: the query and output projections."""
+  return 2 * cfg.d_model * cfg.head_dim * cfg.num_heads
+
+
+def _key_side_params(cfg) -> int:
+  """Weights applied to its keys' tokens: the key and value projections."""
+  return 2 * cfg.d_model * cfg.head_dim * cfg.num_kv_heads
+
+
+def _mlp_params(cfg) -> int:
+  return cfg.d_model * cfg.d_ff * (3 if cfg.activation in ('swiglu', 'geglu') else 2)
+
+
 def matmul_params(cfg) -> int:
-  d, h = cfg.d_model, cfg.head_dim
-  attn = d * h * (cfg.num_heads * 2 + cfg.num_kv_heads * 2)
-  mlp = d * cfg.d_ff * (3 if cfg.activation in ('swiglu', 'geglu') else 2)
-  return cfg.num_layers * (attn + mlp) + d * cfg.vocab_size
+  """N_matmul of a decoder: every layer's projections and MLP, and the output projection."""
+  layer = _query_side_params(cfg) + _key_side_params(cfg) + _mlp_params(cfg)
+  return cfg.num_layers * layer + cfg.d_model * cfg.vocab_size
 
 
-def train_flops_per_token(cfg, seq_len: int, *, causal_halving: bool = True) -> float:
-  attention = 12 * cfg.num_layers * seq_len * cfg.num_heads * cfg.head_dim
-  return 6 * matmul_params(cfg) + (attention / 2 if causal_halving else attention)
+def train_flops_per_example(cfg, lengths: dict, *, causal_halving: bool = True) -> float:
+  """Forward + backward FLOPs of one example of the architecture cfg.arch at these sequence
+  lengths ({'length': T[, 'encoder_length': S]})."""
+  from research.model import archs
+  d_attn = cfg.num_heads * cfg.head_dim
+  # The output projection over the vocabulary, at every position of the main sequence.
+  total = 6 * cfg.d_model * cfg.vocab_size * lengths['length']
+  for a in archs.arch_class(cfg.arch).ATTENTIONS:
+    layers = cfg.num_encoder_layers if a.encoder else cfg.num_layers
+    n_q, n_k = lengths[a.queries], lengths[a.keys]
+    params_x_tokens = _query_side_params(cfg) * n_q + _key_side_params(cfg) * n_k
+    if a.mlp:
+      params_x_tokens += _mlp_params(cfg) * n_q
+    scores = 12 * n_q * n_k * d_attn
+    if a.causal and causal_halving:
+      scores /= 2
+    total += layers * (6 * params_x_tokens + scores)
+  return float(total)
+
+
+def train_flops_per_token(cfg, lengths, *, causal_halving: bool = True) -> float:
+  """train_flops_per_example over the tokens an example puts through the model. lengths: the
+  model's sequence lengths, or one int, the length of the only sequence."""
+  if isinstance(lengths, int):
+    lengths = {'length': lengths}
+  return (train_flops_per_example(cfg, lengths, causal_halving=causal_halving)
+          / sum(lengths.values()))
 
 
 # Dense (no sparsity) bfloat16/float16 FLOP/s per chip, from the vendors' datasheets, matched

@@ -5,9 +5,6 @@
 checkpoint saved, from which re-running the same command continues exactly.
 """
 
-import contextlib
-import dataclasses
-import functools
 import json
 import os
 import shutil
@@ -20,17 +17,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from research import config as config_lib
-from research import cpu, distributed, parallel
-from research.data import cache, loader as loader_lib, sources, tokenizers
+from research import distributed, parallel
+from research.data import pipeline
 from research.errors import ConfigError
-from research.model import attention, decode
-from research.model.transformer import Decoder, ModelConfig
-from research.objectives.causal_lm import causal_lm_batch
+from research.model import decode
 from research.train import checkpoint as ckpt_lib
 from research.train import flops as flops_lib
 from research.train import metrics as metrics_lib
 from research.train import optim
 from research.train import step as step_lib
+from research.train.trainer import check_batch, make_trainer
 
 RUN_FILES = ('config.json', 'metrics.jsonl', 'summary.json', 'data_split.json', 'samples.txt',
              'tokenizer.tiktoken', 'tokenizer.tiktoken.json', 'checkpoints')
@@ -44,98 +40,6 @@ class Reporter:
   def train(self, step: int, metrics: dict) -> None: ...
   def eval(self, step: int, metrics: dict) -> None: ...
   def close(self) -> None: ...
-
-
-@dataclasses.dataclass
-class Data:
-  tokenizer: object
-  train: object  # .batch(step, process_index=, process_count=) -> this process's rows or Batch
-  objective: object  # rows -> Batch (identity when the loader makes Batches itself)
-  eval_batches: list
-  split: dict
-  unigram_bits: float  # entropy of the held-out bytes' unigram distribution, bits per byte
-
-  def train_batch(self, step: int) -> dict:
-    """This process's part of the global Batch for `step`."""
-    return self.objective(self.train.batch(step, process_index=jax.process_index(),
-                                           process_count=jax.process_count()))
-
-
-def _local_slice(batch: dict) -> dict:
-  """This process's contiguous rows of a global batch, as the train loader gives them."""
-  per = len(next(iter(batch.values()))) // jax.process_count()
-  i = jax.process_index()
-  return {k: v[i * per:(i + 1) * per] for k, v in batch.items()}
-
-
-def prepare_data(config) -> Data:
-  d = config.data
-  if d.source == 'kv_retrieval':
-    return _kv_retrieval_data(config)
-  corpus = sources.load_corpus(d.source, text_field=d.text_field, eval_fraction=d.eval_fraction)
-
-  def build():
-    try:
-      tok = tokenizers.build_tokenizer(d.tokenizer, vocab_size=d.vocab_size, corpus=corpus,
-                                       cache_dir=d.cache_dir)
-      return tok, cache.cached_streams(corpus, tok, d.cache_dir)
-    except OSError as e:
-      raise ConfigError(f'data.cache_dir={d.cache_dir}: cannot write the cache there '
-                        f'({e.strerror or e})') from None
-
-  # Process 0 builds the tokenizer and token cache first; the others then find them (a shared
-  # cache_dir) or build the same ones deterministically (a cache per host).
-  if distributed.is_lead():
-    tok, streams = build()
-  distributed.sync('token cache built')
-  if not distributed.is_lead():
-    tok, streams = build()
-  train = loader_lib.Loader(streams['train'], seq_len=d.seq_len, batch_size=config.train.batch_size,
-                            seed=config.seed, document_mask=d.document_mask)
-  rows = loader_lib.eval_rows(streams['eval'], seq_len=d.seq_len,
-                              max_rows=config.eval.max_batches * config.train.batch_size,
-                              document_mask=d.document_mask)
-  eval_batches = []
-  b = config.train.batch_size
-  for i in range(0, len(rows['tokens']), b):
-    chunk = {k: v[i:i + b] for k, v in rows.items()}
-    batch = causal_lm_batch(chunk)
-    pad = b - len(chunk['tokens'])
-    if pad:  # a short last batch: padded rows predict nothing and attend nothing
-      batch = {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)])
-               for k, v in batch.items()}
-    eval_batches.append(_local_slice(batch))
-  # The baseline is measured on exactly the text the eval rows predict.
-  evaluated = [tok.decode(row[1:]) for row in rows['tokens']]
-  return Data(tok, train, causal_lm_batch, eval_batches, corpus.split,
-              byte_unigram_bits(evaluated))
-
-
-def _kv_retrieval_data(config) -> Data:
-  """The synthetic key-value retrieval task (lost in the middle): no corpus, no tokenizer."""
-  from research.objectives import kv_retrieval as kv
-  d, b = config.data, config.train.batch_size
-  shape = dict(seq_len=d.seq_len, num_pairs=d.kv_pairs, key_len=d.kv_key_len,
-               value_len=d.kv_value_len)
-  train = kv.KvLoader(seed=config.seed, batch_size=b, **shape)
-  eval_batches = [kv.kv_batch(config.seed, i, batch_size=b, split='eval', **shape)
-                  for i in range(config.eval.max_batches)]
-  # The baseline: bits per predicted symbol of a model that knows only the symbol frequencies.
-  targets = np.concatenate([e['targets'][e['loss_mask'] > 0] for e in eval_batches])
-  p = np.bincount(targets) / len(targets)
-  p = p[p > 0]
-  split = {'source': 'kv_retrieval', 'eval': 'a disjoint random stream', **shape}
-  return Data(kv.SyntheticTokenizer(), train, lambda batch: batch,
-              [_local_slice(e) for e in eval_batches], split, float(-(p * np.log2(p)).sum()))
-
-
-def byte_unigram_bits(texts) -> float:
-  """Entropy of the texts' byte frequencies: bits/byte of a model that knows only those."""
-  counts = np.zeros(256, np.int64)
-  for t in texts:
-    counts += np.bincount(np.frombuffer(t.encode('utf-8'), np.uint8), minlength=256)
-  p = counts[counts > 0] / counts.sum()
-  return float(-(p * np.log2(p)).sum())
 
 
 def check_workdir(workdir: str, resolved, *, overwrite: bool, shown_as: str = '') -> bool:
@@ -165,110 +69,6 @@ def clear_run(workdir: str) -> None:
       shutil.rmtree(p) if os.path.isdir(p) else os.remove(p)
 
 
-class InMesh:
-  """A jitted function traced under its mesh and logical-axis rules, so that the activations'
-  sharding constraints (nn.with_logical_constraint) apply; flax drops them without a mesh."""
-
-  def __init__(self, fn, mesh, rules):
-    self.fn, self.mesh, self.rules = fn, mesh, rules
-
-  def _context(self):
-    stack = contextlib.ExitStack()
-    stack.enter_context(jax.set_mesh(self.mesh))
-    stack.enter_context(nn.logical_axis_rules(self.rules))
-    return stack
-
-  def __call__(self, *args):
-    with self._context():
-      return self.fn(*args)
-
-  def lower(self, *args):
-    with self._context():
-      return self.fn.lower(*args)
-
-  def eval_shape(self, *args):
-    with self._context():
-      return jax.eval_shape(self.fn, *args)
-
-
-@dataclasses.dataclass
-class Trainer:
-  """The model and its jitted, sharded functions for one resolved config on one mesh."""
-  model: Decoder
-  cfg: ModelConfig
-  rules: tuple
-  state_sh: object  # NamedShardings of the train state
-  batch_sh: object
-  repl: object
-  init: InMesh  # rng -> sharded train state
-  train_fn: InMesh  # (state, batch) -> (state, metrics)
-  eval_fn: InMesh  # (params, batch, token_bytes) -> sums
-  mesh: object = None
-
-
-def make_trainer(resolved, mesh) -> Trainer:
-  cfg = ModelConfig.from_config(resolved)
-  platform = mesh.devices.flat[0].platform
-  # 'auto' picked for the mesh's devices, not this process's default backend: launch.compile
-  # compiles for TPU topologies from a CPU host.
-  cfg = dataclasses.replace(cfg, attention_impl=attention.resolve_impl(
-      cfg.attention_impl, dtype=cfg.dtype, has_relative_kv=cfg.positional == 'shaw',
-      platform=platform))
-  if cfg.attention_impl == 'jax_cudnn' and platform != 'gpu':
-    raise ConfigError(f'model.attention_impl=jax_cudnn needs an NVIDIA GPU; this run is on '
-                      f'{platform} (auto picks cuDNN where it applies)')
-  model = Decoder(cfg)
-  tx = optim.optimizer(resolved.train)
-  rules = parallel.logical_rules(resolved.mesh.rules)
-  seq_len = resolved.data.seq_len
-  with nn.logical_axis_rules(rules):
-    specs = step_lib.state_specs(model, tx, seq_len)
-  state_sh = nn.logical_to_mesh_sharding(specs, mesh, rules)
-  batch_sh = parallel.batch_sharding(mesh, resolved.mesh.rules)
-  repl = parallel.replicated(mesh)
-  def unboxed_init(rng):
-    return nn.meta.unbox(step_lib.init_state(model, tx, rng, seq_len))
-
-  check_shardable(jax.eval_shape(unboxed_init, jax.random.PRNGKey(0)), state_sh)
-  init = InMesh(jax.jit(unboxed_init, out_shardings=state_sh), mesh, rules)
-  options = cpu.compiler_options(platform, resolved.model.d_model)
-  train_fn = InMesh(jax.jit(
-      functools.partial(step_lib.train_step, model=model, tx=tx, train_cfg=resolved.train,
-                        seed=resolved.seed),
-      in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, repl), donate_argnums=0,
-      compiler_options=options), mesh, rules)
-  eval_fn = InMesh(jax.jit(functools.partial(step_lib.eval_step, model=model),
-                           in_shardings=(state_sh.params, batch_sh, repl), out_shardings=repl,
-                           compiler_options=options), mesh, rules)
-  return Trainer(model, cfg, rules, state_sh, batch_sh, repl, init, train_fn, eval_fn, mesh)
-
-
-def check_batch(config, mesh) -> None:
-  """The global batch must split evenly over the devices and the processes that load it."""
-  b = config.train.batch_size
-  shards = parallel.batch_shards(mesh, config.mesh.rules)
-  if b % shards:
-    raise ConfigError(f'train.batch_size={b} does not divide over the {shards} devices that the '
-                      'batch is split across')
-  if shards % jax.process_count():
-    raise ConfigError(f'mesh.rules split the batch over {shards} devices, which does not divide '
-                      f'over {jax.process_count()} processes loading their own rows')
-  distributed.check_batch_layout(parallel.batch_sharding(mesh, config.mesh.rules),
-                                 (b, config.data.seq_len))
-
-
-def check_shardable(abstract_state, shardings) -> None:
-  """Every sharded parameter dimension divides over its mesh axes (named, not a crash later)."""
-  flat_x = jax.tree_util.tree_flatten_with_path(abstract_state)[0]
-  for (path, x), sh in zip(flat_x, jax.tree.leaves(shardings)):
-    for dim, axes in zip(x.shape, sh.spec):
-      axes = (axes,) if isinstance(axes, str) else axes or ()
-      size = int(np.prod([sh.mesh.shape[a] for a in axes]))
-      if dim % size:
-        raise ConfigError(f'mesh.rules shard {jax.tree_util.keystr(path)} (size {dim}) over '
-                          f'{"x".join(axes)} = {size} devices, which does not divide it')
-
-
 def train(config, workdir: str, *, overwrite: bool = False, reporter: Reporter | None = None,
           stop: threading.Event | None = None) -> dict:
   """Runs (or resumes) the run in workdir; returns summary.json's content."""
@@ -280,7 +80,7 @@ def train(config, workdir: str, *, overwrite: bool = False, reporter: Reporter |
   check_batch(config, mesh)
 
   t0 = time.time()
-  data = prepare_data(config)
+  data = pipeline.prepare(config)
   resolved = config_lib.resolve(config, vocab_size=data.tokenizer.vocab_size)
   resume = check_workdir(workdir, resolved, overwrite=overwrite, shown_as=given_workdir)
   distributed.sync('workdir checked')  # every process decided before process 0 writes
@@ -292,7 +92,7 @@ def train(config, workdir: str, *, overwrite: bool = False, reporter: Reporter |
       reporter.message(f'{workdir} already holds this finished run; nothing to do')
       return summary
   tr = make_trainer(resolved, mesh)
-  model, cfg, seq_len = tr.model, tr.cfg, resolved.data.seq_len
+  model, cfg = tr.model, tr.cfg
   lead = distributed.is_lead()
   if lead:
     try:
@@ -347,8 +147,8 @@ def train(config, workdir: str, *, overwrite: bool = False, reporter: Reporter |
     dtype = resolved.train.compute_dtype
     peak, peak_source = flops_lib.mfu_peak(
         dtype, flops_lib.total_peak(flops_lib.matmul_peak(dtype)))
-    flops_per_token = flops_lib.train_flops_per_token(cfg, seq_len)
-    tokens_per_step = resolved.train.batch_size * seq_len
+    flops_per_token = flops_lib.train_flops_per_token(cfg, tr.lengths)
+    tokens_per_step = resolved.train.batch_size * pipeline.tokens_per_example(tr.lengths)
     reporter.message(f'{num_params:,} parameters; train step compiled in {compile_s:.1f}s; '
                      f'{flops_per_token / 1e6:.1f} MFLOPs/token; {peak_source} matmul peak '
                      f'{peak / 1e9:.0f} GFLOP/s')
@@ -419,7 +219,7 @@ def train(config, workdir: str, *, overwrite: bool = False, reporter: Reporter |
         'devices': jax.device_count(), 'platform': jax.devices()[0].platform,
     }
     if resolved.sample.num_samples:
-      summary['samples'] = sample_text(model, state.params, data.tokenizer, resolved)
+      summary['samples'] = sample_text(tr, state.params, data, resolved)
     if lead:
       _write_json(os.path.join(workdir, 'summary.json'), summary)
       if summary.get('samples'):
@@ -428,13 +228,15 @@ def train(config, workdir: str, *, overwrite: bool = False, reporter: Reporter |
     return summary
 
 
-def sample_text(model, params, tokenizer, resolved) -> list:
-  s = resolved.sample
+def sample_text(tr, params, data, resolved) -> list:
+  s, tokenizer = resolved.sample, data.tokenizer
   prompt = tokenizer.encode(s.prompt) if s.prompt else []
-  rows = decode.generate(model, params, [tokenizer.eot_id] + prompt, num_samples=s.num_samples,
+  rows = decode.generate(tr.model, params, [tokenizer.eot_id] + prompt,
+                         converter=data.converter, model_lengths=tr.lengths,
+                         num_samples=s.num_samples,
                          max_new_tokens=s.max_new_tokens, temperature=s.temperature,
-                         seed=resolved.seed, seq_len=resolved.data.seq_len,
-                         eot_id=tokenizer.eot_id, vocab_size=tokenizer.vocab_size)
+                         seed=resolved.seed, eot_id=tokenizer.eot_id,
+                         vocab_size=tokenizer.sample_vocab_size)
   return [s.prompt + tokenizer.decode(r) for r in rows]
 
 

@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from research.data import batch as batch_lib
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -33,8 +35,8 @@ def token_losses(logits_BTV, targets_BT, *, label_smoothing=0.0, z_loss=0.0):
 
 
 def forward(model, params, batch, *, deterministic=True, rngs=None):
-  return model.apply({'params': params}, batch['inputs'], batch['positions'],
-                     batch['segment_ids'], deterministic=deterministic, rngs=rngs)
+  """Logits [B, length, vocab] of the model (research/model/archs.py) on a Batch."""
+  return model.apply({'params': params}, batch, deterministic=deterministic, rngs=rngs)
 
 
 def train_step(state: TrainState, batch, *, model, tx, train_cfg, seed: int):
@@ -72,14 +74,19 @@ def eval_metrics(sums) -> dict:
           'bits_per_byte': float(sums['nll_sum']) / max(float(sums['bytes']), 1.0) / math.log(2)}
 
 
-def init_state(model, tx, rng, seq_len):
+def init_params(model, rng, lengths: dict):
+  """Boxed (logically annotated) parameters of the model, from a one-row dummy Batch."""
+  dummy = jax.tree.map(jnp.asarray, batch_lib.dummy(model.BATCH_KEYS, 1, lengths))
+  return model.init({'params': rng}, dummy)['params']
+
+
+def init_state(model, tx, rng, lengths: dict):
   """Boxed (logically annotated) initial state; unbox with nn.meta.unbox after sharding."""
-  ids_BT = jnp.zeros((1, seq_len), jnp.int32)
-  params = model.init({'params': rng}, ids_BT, ids_BT, ids_BT + 1)['params']
+  params = init_params(model, rng, lengths)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
 
-def state_specs(model, tx, seq_len):
+def state_specs(model, tx, lengths: dict):
   """Logical PartitionSpecs for every leaf of the (unboxed) train state."""
-  abstract = jax.eval_shape(lambda r: init_state(model, tx, r, seq_len), jax.random.PRNGKey(0))
+  abstract = jax.eval_shape(lambda r: init_state(model, tx, r, lengths), jax.random.PRNGKey(0))
   return nn.get_partition_spec(abstract)

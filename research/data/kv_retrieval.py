@@ -4,23 +4,19 @@ A row lists `num_pairs` random key-value pairs, then queries one key; the model 
 key's value. Accuracy as a function of where the queried (gold) pair sits in the list shows
 whether a model uses the middle of its context as well as its ends.
 
-  [EOT] k1 : v1 ; k2 : v2 ; ... ; kN : vN ; QUERY kq : vq
+  [EOT] k1 : v1 ; k2 : v2 ; ... ; kN : vN ; QUERY kq :  ->  vq
 
-Ids 0..NUM_SYMBOLS-1 are content symbols; the rest are the special tokens below. Only the
-query's value tokens are scored, so the loss is the retrieval loss alone: keys and values are
-random, and predicting them would only add irreducible noise to the metric.
+Ids 0..NUM_SYMBOLS-1 are content symbols; the rest are the special tokens below. As an example
+(research/data/features.py), everything up to the query's ':' is the inputs and the value is the
+targets, so every architecture that reads text-to-text examples can be probed. `KvTask` is the
+data pipeline's source `kv_retrieval` (research/data/pipeline.py); research/evaluate/kv_depths.py
+scores a trained run by the gold pair's depth.
 """
 
-import functools
-import json
-import os
-
-import jax
-import jax.numpy as jnp
 import numpy as np
 
+from research.data import features
 from research.errors import ConfigError
-from research.evaluate import restore_run
 
 NUM_SYMBOLS = 64
 EOT = 64  # also the beginning of every row, and the padding id
@@ -40,6 +36,7 @@ class SyntheticTokenizer:
   name = 'kv-retrieval'
   identity = f'kv-retrieval:v1:{NUM_SYMBOLS}'
   vocab_size = VOCAB_SIZE
+  sample_vocab_size = VOCAB_SIZE
   eot_id = EOT
 
   def encode(self, text: str) -> list[int]:
@@ -105,10 +102,11 @@ def _digits(codes, length: int) -> np.ndarray:
   return (codes[..., None] // powers) % NUM_SYMBOLS
 
 
-def kv_batch(seed: int, step: int, *, batch_size: int, seq_len: int, num_pairs: int,
-             key_len: int, value_len: int, gold=None, split: str = 'train') -> dict:
-  """The global Batch `step`: inputs, targets, segment_ids, positions (int32), loss_mask (float32),
-  each (batch_size, seq_len). A pure function of (seed, step, split, the shape, gold).
+def kv_example(seed: int, step: int, *, batch_size: int, seq_len: int, num_pairs: int,
+               key_len: int, value_len: int, gold=None, split: str = 'train') -> dict:
+  """The global batch `step` as a text-to-text example (research/data/features.py): inputs are
+  eot, the pairs, QUERY, the queried key and ':'; targets are its value. A pure function of
+  (seed, step, split, the shape, gold).
 
   gold=None queries a uniformly random pair per row; an int queries pair `gold` in every row. The
   keys and values do not depend on gold, so batches at different depths differ only in the query.
@@ -133,29 +131,34 @@ def kv_batch(seed: int, step: int, *, batch_size: int, seq_len: int, num_pairs: 
   pairs_BNP = np.concatenate([keys_BNK, const(KV_SEP, b, n), values_BNV, const(PAIR_SEP, b, n)],
                              axis=2)
   rows_B = np.arange(b)
-  seq_BL = np.concatenate([const(EOT, b), pairs_BNP.reshape(b, -1), const(QUERY, b),
-                           keys_BNK[rows_B, gold_B], const(KV_SEP, b), values_BNV[rows_B, gold_B]],
-                          axis=1)
-  length = seq_BL.shape[1]
-  tokens_BT1 = np.full((b, seq_len + 1), EOT, np.int32)
-  tokens_BT1[:, :length] = seq_BL
-  index_T = np.arange(seq_len)
-  real_T = index_T < length  # every row has the same layout, so one mask serves all
-  # Target t is token t+1: the query's value tokens are the last value_len of the sequence.
-  scored_T = (index_T >= length - value_len - 1) & (index_T < length - 1)
-  return {
-      'inputs': np.ascontiguousarray(tokens_BT1[:, :-1]),
-      'targets': np.ascontiguousarray(tokens_BT1[:, 1:]),
-      'segment_ids': np.broadcast_to(real_T.astype(np.int32), (b, seq_len)).copy(),
-      'positions': np.broadcast_to(np.where(real_T, index_T, 0).astype(np.int32),
-                                   (b, seq_len)).copy(),
-      'loss_mask': np.broadcast_to(scored_T.astype(np.float32), (b, seq_len)).copy(),
-  }
+  inputs_BI = np.concatenate([const(EOT, b), pairs_BNP.reshape(b, -1), const(QUERY, b),
+                              keys_BNK[rows_B, gold_B], const(KV_SEP, b)], axis=1)
+  targets_BV = values_BNV[rows_B, gold_B]
+  # Only the query's value is scored, so the loss is the retrieval loss alone: keys and values
+  # are random, and predicting them would only add irreducible noise to the metric.
+  return {'inputs': inputs_BI.astype(np.int32), 'inputs_segment_ids': np.ones_like(inputs_BI, np.int32),
+          'targets': targets_BV.astype(np.int32),
+          'targets_segment_ids': np.ones_like(targets_BV, np.int32)}
+
+
+def example_lengths(*, seq_len: int, num_pairs: int, key_len: int, value_len: int):
+  """The examples' lengths; a decoder-only model reads them padded to data.seq_len tokens."""
+  inputs = sequence_length(num_pairs, key_len, value_len) - value_len
+  return features.ExampleLengths(inputs=inputs, targets=value_len, total=seq_len + 1)
+
+
+def kv_batch(seed: int, step: int, *, batch_size: int, seq_len: int, num_pairs: int,
+             key_len: int, value_len: int, gold=None, split: str = 'train') -> dict:
+  """kv_example as a decoder's Batch: inputs, targets, segment_ids, positions (int32), loss_mask
+  (float32), each (batch_size, seq_len); the loss only on the query's value."""
+  shape = dict(seq_len=seq_len, num_pairs=num_pairs, key_len=key_len, value_len=value_len)
+  example = kv_example(seed, step, batch_size=batch_size, gold=gold, split=split, **shape)
+  return features.DecoderOnly()(example, example_lengths(**shape))
 
 
 class KvLoader:
-  """The train loader's interface, over endless fresh kv batches: batch `step` is a pure function
-  of (seed, step), so resuming needs only the step."""
+  """Endless fresh kv examples: example `step` is a pure function of (seed, step), so resuming
+  needs only the step."""
   num_rows = 2 ** 31  # informational: rows are generated, never repeated by design
 
   def __init__(self, *, seed: int, seq_len: int, batch_size: int, num_pairs: int, key_len: int,
@@ -168,14 +171,14 @@ class KvLoader:
     self.shape = dict(seq_len=seq_len, num_pairs=num_pairs, key_len=key_len, value_len=value_len)
 
   def batch(self, step: int, *, process_index: int = 0, process_count: int = 1) -> dict:
-    """This process's contiguous slice of global Batch `step` (a Batch, not loader rows)."""
+    """This process's contiguous slice of global example `step`."""
     if self.batch_size % process_count:
       raise ConfigError(f'train.batch_size={self.batch_size} is not divisible by the '
                         f'{process_count} processes')
     local = self.batch_size // process_count
     # Every process draws the whole global batch: rows then do not depend on the process count,
     # and drawing is cheap next to a train step.
-    full = kv_batch(self.seed, step, batch_size=self.batch_size, **self.shape)
+    full = kv_example(self.seed, step, batch_size=self.batch_size, **self.shape)
     return {k: v[process_index * local:(process_index + 1) * local] for k, v in full.items()}
 
 
@@ -184,57 +187,55 @@ def depths(num_pairs: int, n: int = 5) -> list[int]:
   return sorted({int(d) for d in np.linspace(0, num_pairs - 1, n).round()})
 
 
-def _exact_match(logits_BTV, targets_BT, loss_mask_BT):
-  """(B,) bool: the argmax equals the target at every scored position. Under teacher forcing this
-  is greedy decoding's exact match: decoding goes wrong only after a first wrong argmax."""
-  wrong_BT = (jnp.argmax(logits_BTV, axis=-1) != targets_BT) & (loss_mask_BT > 0)
-  return ~wrong_BT.any(axis=-1)
 
 
-@functools.partial(jax.jit, static_argnames=('model',))
-def _batch_exact_match(model, params, batch):
-  logits_BTV = model.apply({'params': params}, batch['inputs'], batch['positions'],
-                           batch['segment_ids'])
-  return _exact_match(logits_BTV, batch['targets'], batch['loss_mask'])
+class KvTask:
+  """data.source=kv_retrieval for the data pipeline: no corpus and no tokenizer to train; the
+  objective is the task itself (objective.name must stay causal_lm, its default)."""
+  split = None
+  EVALUATION = 'kv_depths'  # what launch.evaluate scores a run of it by
 
+  @staticmethod
+  def archs(config) -> tuple:
+    if config.objective.name != 'causal_lm':
+      raise ConfigError(f'data.source=kv_retrieval is a task of its own (the loss on the queried '
+                        f'value); objective.name={config.objective.name} does not apply to it')
+    return ('decoder', 'prefix_lm', 'encoder_decoder')
 
-def depth_accuracy(model, params, *, seed: int, seq_len: int, num_pairs: int, key_len: int,
-                   value_len: int, rows: int, batch_size: int) -> dict:
-  """Exact-match accuracy of retrieving the gold value at each of depths(num_pairs), over `rows`
-  held-out rows per depth. The rows do not depend on batch_size, and every depth queries the
-  same pair lists, so depths differ only in which pair is asked for."""
-  if rows < 1 or batch_size < 1:
-    raise ConfigError(f'rows={rows}, batch_size={batch_size}: both must be positive')
-  result = {'depths': depths(num_pairs), 'accuracy': [], 'rows': rows, 'num_pairs': num_pairs}
-  for gold in result['depths']:
-    batch = kv_batch(seed, 0, batch_size=rows, seq_len=seq_len, num_pairs=num_pairs,
-                     key_len=key_len, value_len=value_len, gold=gold, split='eval')
-    correct = 0
-    for i in range(0, rows, batch_size):
-      chunk = {k: v[i:i + batch_size] for k, v in batch.items()}
-      n = len(chunk['inputs'])
-      if n < batch_size:  # pad the last chunk so every call has one shape: one compilation
-        chunk = {k: np.concatenate([v, np.repeat(v[:1], batch_size - n, axis=0)])
-                 for k, v in chunk.items()}
-      correct += int(np.asarray(_batch_exact_match(model, params, chunk))[:n].sum())
-    result['accuracy'].append(correct / rows)
-  return result
+  @staticmethod
+  def shape(config) -> dict:
+    d = config.data
+    return dict(seq_len=d.seq_len, num_pairs=d.kv_pairs, key_len=d.kv_key_len,
+                value_len=d.kv_value_len)
 
+  @staticmethod
+  def example_lengths(config):
+    return example_lengths(**KvTask.shape(config))
 
-def evaluate_run(workdir: str, *, rows: int = 256) -> dict:
-  """Depth accuracy of the kv retrieval run in workdir at its latest checkpoint; writes
-  <workdir>/kv_depths.json and returns its content."""
-  resolved, tr, params, step = restore_run(workdir)
-  d = resolved.data
-  if d.source != 'kv_retrieval':
-    raise ConfigError(f'--workdir={workdir}: a run on data.source={d.source}, '
-                      'not a kv_retrieval run')
-  shape = dict(num_pairs=d.kv_pairs, key_len=d.kv_key_len, value_len=d.kv_value_len)
-  result = depth_accuracy(tr.model, params, seed=resolved.seed, seq_len=d.seq_len,
-                          rows=rows, batch_size=resolved.train.batch_size, **shape)
-  result = {'step': step, 'seq_len': d.seq_len, **shape, **result}
-  tmp = os.path.join(workdir, 'kv_depths.json.tmp')
-  with open(tmp, 'w') as f:
-    json.dump(result, f, indent=1)
-  os.replace(tmp, os.path.join(workdir, 'kv_depths.json'))
-  return result
+  @staticmethod
+  def vocab_size(config) -> int:
+    del config
+    return VOCAB_SIZE
+
+  def __init__(self, config):
+    self.config = config
+    self.tokenizer = SyntheticTokenizer()
+    self.loader = KvLoader(seed=config.seed, batch_size=config.train.batch_size,
+                           **self.shape(config))
+    self.split = {'source': 'kv_retrieval', 'eval': 'a disjoint random stream',
+                  **self.loader.shape}
+
+  def train_examples(self, step: int, process_index: int, process_count: int) -> dict:
+    return self.loader.batch(step, process_index=process_index, process_count=process_count)
+
+  def eval_examples(self) -> list:
+    c = self.config
+    return [kv_example(c.seed, i, batch_size=c.train.batch_size, split='eval',
+                       **self.shape(c)) for i in range(c.eval.max_batches)]
+
+  def baseline_bits(self, eval_batches) -> float:
+    """Bits per predicted symbol of a model that knows only the symbol frequencies."""
+    targets = np.concatenate([e['targets'][e['loss_mask'] > 0] for e in eval_batches])
+    p = np.bincount(targets) / len(targets)
+    p = p[p > 0]
+    return float(-(p * np.log2(p)).sum())

@@ -17,45 +17,37 @@ import os
 import jax
 import numpy as np
 
-from research import config as config_lib
-from research import parallel
-from research.data import cache, sources, tokenizers
+from research.data import cache, features, pipeline, sources, tokenizers
 from research.errors import ConfigError
-from research.objectives.causal_lm import causal_lm_batch
-from research.train import checkpoint as ckpt_lib
-from research.train import loop
+from research.objectives import causal_lm
 from research.train import step as step_lib
+from research.train.checkpoint import restore_run
 
-
-def restore_run(workdir: str):
-  """(resolved config, trainer, params, step) of the last checkpoint of the run in workdir."""
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
-    raise ConfigError(f'--workdir={workdir} holds no run (no config.json)')
-  resolved = config_lib.load_json(path)
-  tr = loop.make_trainer(resolved, parallel.make_mesh(resolved.mesh.shape))
-  ckpt = ckpt_lib.Checkpointer(os.path.join(os.path.abspath(workdir), 'checkpoints'),
-                               keep=resolved.checkpoint.keep)  # orbax wants absolute paths
-  step = ckpt.latest_step()
-  if step is None:
-    raise ConfigError(f'--workdir={workdir} holds no checkpoint yet')
-  abstract = ckpt_lib.abstract_like(tr.init.eval_shape(jax.random.PRNGKey(0)), tr.state_sh)
-  state, _ = ckpt.restore(step, abstract)
-  ckpt.close()
-  return resolved, tr, state.params, step
+RESULT = 'eval_lengths.json'
+OPTIONS = ('lengths', 'stride', 'max_tokens')  # launch.evaluate's flags for evaluate_run
 
 
 def load_run(workdir: str):
   """(resolved config, trainer, params, tokenizer, eval stream, step) of the run in workdir."""
   resolved, tr, params, step = restore_run(workdir)
   d = resolved.data
+  if pipeline.task_class(resolved) is not pipeline.TextTask:
+    raise ConfigError(f'--workdir={workdir}: a run on data.source={d.source}, which has no '
+                      'held-out text to score at other lengths')
   corpus = sources.load_corpus(d.source, text_field=d.text_field, eval_fraction=d.eval_fraction)
   ranks = os.path.join(workdir, 'tokenizer.tiktoken')
-  tok = (tokenizers.load_tiktoken(ranks) if os.path.exists(ranks) else
-         tokenizers.build_tokenizer(d.tokenizer, vocab_size=d.vocab_size, corpus=corpus,
-                                    cache_dir=d.cache_dir))
-  stream = cache.cached_streams(corpus, tok, d.cache_dir)['eval']
+  base = (tokenizers.load_tiktoken(ranks) if os.path.exists(ranks) else
+          tokenizers.build_tokenizer(d.tokenizer, vocab_size=d.vocab_size, corpus=corpus,
+                                     cache_dir=d.cache_dir))
+  stream = cache.cached_streams(corpus, base, d.cache_dir)['eval']
+  tok = tokenizers.with_special_tokens(base, d.extra_ids)
   return resolved, tr, params, tok, stream, step
+
+
+def lm_batch(converter, rows: dict) -> dict:
+  """Loader-style rows as the architecture's Batch of next-token prediction over each row."""
+  return converter(causal_lm.lm_example(rows['tokens'], rows['segment_ids']),
+                   causal_lm.lm_lengths(rows['tokens'].shape[1] - 1))
 
 
 @functools.partial(jax.jit, static_argnames=('model',))
@@ -80,7 +72,7 @@ def windows(stream, length: int, stride: int, max_windows: int, document_mask: b
 
 
 def evaluate_length(model, params, stream, token_bytes_V, *, length, stride, batch_size,
-                    max_tokens, document_mask):
+                    max_tokens, document_mask, converter=features.DecoderOnly()):
   """Metrics of one (length, stride); stride == length is the non-overlapping evaluation."""
   max_windows = max(1, max_tokens // stride)
   rows, first_W = windows(stream, length, stride, max_windows, document_mask)
@@ -90,7 +82,7 @@ def evaluate_length(model, params, stream, token_bytes_V, *, length, stride, bat
   per_pos_sum = np.zeros(length)
   per_pos_n = np.zeros(length)
   for i in range(0, len(first_W), batch_size):
-    batch = causal_lm_batch({k: v[i:i + batch_size] for k, v in rows.items()})
+    batch = lm_batch(converter, {k: v[i:i + batch_size] for k, v in rows.items()})
     nll_BT = np.asarray(_token_nll(model, params, batch), np.float64)
     scored_BT = np.arange(length)[None] >= first_W[i:i + batch_size, None]
     nll_sum += (nll_BT * scored_BT).sum()
@@ -133,7 +125,8 @@ def evaluate_run(workdir: str, *, lengths: str, stride: float, max_tokens: int,
     # Long windows: fewer rows per batch keeps memory near the training batch's.
     b = max(1, batch_size * train_len // length)
     common = dict(length=length, batch_size=b, max_tokens=max_tokens,
-                  document_mask=resolved.data.document_mask)
+                  document_mask=resolved.data.document_mask,
+                  converter=pipeline.converter(resolved, bos_id=tok.eot_id))
     entry = {'non_overlapping': evaluate_length(tr.model, params, stream, token_bytes_V,
                                                 stride=length, **common)}
     if stride:
@@ -148,3 +141,13 @@ def evaluate_run(workdir: str, *, lengths: str, stride: float, max_tokens: int,
     json.dump(results, f, indent=1)
   os.replace(tmp, os.path.join(workdir, 'eval_lengths.json'))
   return results
+
+
+def format_result(out: dict) -> str:
+  """The table launch.evaluate prints."""
+  lines = [f'{"length":>8} {"ppl":>10} {"bits/byte":>10} {"sliding ppl":>12} {"sliding b/B":>12}']
+  for length, e in out['lengths'].items():
+    n, s = e['non_overlapping'], e.get('sliding')
+    lines.append(f'{length:>8} {n["perplexity"]:>10.2f} {n["bits_per_byte"]:>10.3f} '
+                 + (f'{s["perplexity"]:>12.2f} {s["bits_per_byte"]:>12.3f}' if s else ''))
+  return '\n'.join(lines)
