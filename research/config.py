@@ -267,21 +267,12 @@ def _validate_objective(config) -> None:
   if arch not in runs_on:
     raise ConfigError(f'objective.name={name} cannot run on model.arch={arch} (it runs on '
                       f'{", ".join(runs_on)})')
-  objective = objectives.build(_with_bert_rates(config))
+  objective = objectives.build(config)
   extra = config.data.extra_ids
   if extra >= 0 and objective.extra_ids() > extra:
     raise ConfigError(f'data.extra_ids={extra} is too few sentinels for objective.name={name} '
                       f'at data.seq_len={config.data.seq_len} (it may use '
                       f'{objective.extra_ids()}); raise it or leave it at -1')
-
-
-def _with_bert_rates(config):
-  """config with objective.bert_mask_rate resolved: 0.8 on the encoder (BERT), else 0.9 (T5)."""
-  if config.objective.bert_mask_rate >= 0:
-    return config
-  c = ml_collections.ConfigDict(config.to_dict())
-  c.objective.bert_mask_rate = 0.8 if c.model.arch == 'encoder' else 0.9
-  return c
 
 
 def resolved_extra_ids(config) -> int:
@@ -302,8 +293,10 @@ DERIVED = ('model.vocab_size', 'model.num_kv_heads', 'model.head_dim', 'model.d_
 def resolve(config, *, vocab_size: int) -> ml_collections.ConfigDict:
   """A copy with derived values filled in, as written to <workdir>/config.json. vocab_size: the
   tokenizer's, special tokens included."""
+  from research import objectives
   from research.data import pipeline
-  c = _with_bert_rates(ml_collections.ConfigDict(config.to_dict()))
+  c = ml_collections.ConfigDict(config.to_dict())
+  c.objective.bert_mask_rate = objectives.build(c).o.bert_mask_rate
   c.data.extra_ids = resolved_extra_ids(c)
   m = c.model
   if m.vocab_size and m.vocab_size < vocab_size:

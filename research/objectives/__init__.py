@@ -21,6 +21,7 @@ corrupts each row exactly as the uninterrupted one did.
 
 import dataclasses
 
+import ml_collections
 import numpy as np
 
 from research.errors import ConfigError
@@ -115,6 +116,9 @@ class Objective:
   """The base of every objective: a row length n and what the config says."""
   ARCHS = TEXT_TO_TEXT_ARCHS
   NEEDS_SPECIAL_TOKENS = True
+  # Its inputs end with end-of-text (T5's text-to-text format); prompts of the downstream
+  # evaluation are written the same way (research/evaluate/downstream.py).
+  INPUTS_END_WITH_EOS = True
 
   def __init__(self, o, seq_len: int):
     self.o = o  # the config's objective section
@@ -159,4 +163,8 @@ def build(config) -> Objective:
   name = config.objective.name
   if name not in OBJECTIVES:
     raise ConfigError(f'objective.name={name!r} is not one of {", ".join(OBJECTIVES)}')
-  return OBJECTIVES[name](config.objective, config.data.seq_len)
+  o = config.objective
+  if o.bert_mask_rate < 0:  # BERT's 80% [MASK] on an encoder; T5's 90% on text-to-text models
+    o = ml_collections.ConfigDict(o.to_dict())
+    o.bert_mask_rate = 0.8 if config.model.arch == 'encoder' else 0.9
+  return OBJECTIVES[name](o, config.data.seq_len)

@@ -25,6 +25,7 @@ def lm_example(tokens_BN1, segment_ids_BN1) -> dict:
 
 class CausalLM(Objective):
   NEEDS_SPECIAL_TOKENS = False
+  INPUTS_END_WITH_EOS = False  # a language model reads text straight on
 
   def check(self) -> None:
     pass  # any row length: a row is seq_len + 1 tokens

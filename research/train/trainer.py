@@ -61,6 +61,7 @@ class Trainer:
   eval_fn: InMesh  # (params, batch, token_bytes) -> sums
   mesh: object = None
   lengths: dict = None  # the model's sequence lengths (research/data/batch.py)
+  tx: object = None  # the optimizer (optax)
 
   def batch_spec(self, batch_size: int) -> dict:
     """ShapeDtypeStructs of a global Batch, with the batch sharding (for lowering)."""
@@ -69,7 +70,8 @@ class Trainer:
                                                     self.lengths).items()}
 
 
-def make_trainer(resolved, mesh) -> Trainer:
+def make_trainer(resolved, mesh, lengths: dict | None = None) -> Trainer:
+  """lengths: the model's sequence lengths (default: those the config's objective makes)."""
   cfg = ModelConfig.from_config(resolved)
   platform = mesh.devices.flat[0].platform
   # 'auto' picked for the mesh's devices, not this process's default backend: launch.compile
@@ -83,7 +85,7 @@ def make_trainer(resolved, mesh) -> Trainer:
   model = archs.build(cfg)
   tx = optim.optimizer(resolved.train)
   rules = parallel.logical_rules(resolved.mesh.rules)
-  lengths = pipeline.model_lengths(resolved)
+  lengths = lengths or pipeline.model_lengths(resolved)
   with nn.logical_axis_rules(rules):
     specs = step_lib.state_specs(model, tx, lengths)
   state_sh = nn.logical_to_mesh_sharding(specs, mesh, rules)
@@ -104,7 +106,7 @@ def make_trainer(resolved, mesh) -> Trainer:
                            in_shardings=(state_sh.params, batch_sh, repl), out_shardings=repl,
                            compiler_options=options), mesh, rules)
   return Trainer(model, cfg, rules, state_sh, batch_sh, repl, init, train_fn, eval_fn, mesh,
-                 lengths)
+                 lengths, tx)
 
 
 def check_batch(config, mesh) -> None:
