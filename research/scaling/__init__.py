@@ -1,0 +1,6 @@
+"""Size ladders and scaling-law fits (numpy and scipy only)."""
+
+from research.scaling.fits import (CHINCHILLA_BOOTSTRAP, HUBER_DELTA, bootstrap, chinchilla_params,
+                                   compute_optimal, fit_chinchilla, fit_envelope, fit_isoflop,
+                                   fit_loglog, fit_power_law, lse_objective, predict,
+                                   predict_power_law)
