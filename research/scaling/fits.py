@@ -1,4 +1,4 @@
-"""Scaling-law fits: Kaplan's power laws and Chinchilla's three approaches, with bootstrap intervals.
+"""Scaling-law fits: Kaplan's power laws, Chinchilla's three approaches, bootstrap intervals.
 
 Every law here with an irreducible term is fitted as Hoffmann et al. (2022) fit approach 3: on the
 LOG of the loss, the prediction written as a log-sum-exp of its terms,
