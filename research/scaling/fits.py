@@ -326,7 +326,7 @@ def fit_chinchilla(n_params, n_tokens, loss, *, delta: float = HUBER_DELTA,
   it (a, b +-2, e +-0.25, alpha, beta +-0.1), what bootstrap refits use (33 starts, not 4500).
 
   Returns E, A, B, alpha, beta; a, b, e (the logs); the compute-optimal exponents
-  a_opt = beta / (alpha + beta) (N_opt ∝ C^a_opt) and b_opt = alpha / (alpha + beta), and G with
+  a_opt = beta / (alpha + beta) (N_opt ~ C^a_opt) and b_opt = alpha / (alpha + beta), and G with
   N_opt(C) = G (C/6)^a_opt, D_opt(C) = (C/6)^b_opt / G; the objective; rms_log_residual.
   """
   n_R, d_R, loss_R = _runs(5, 'fit_chinchilla', n_params=n_params, n_tokens=n_tokens, loss=loss)
@@ -406,8 +406,8 @@ def fit_envelope(flops: Sequence, loss: Sequence, n_params: Sequence, n_tokens: 
   """Chinchilla approach 1 from every run's training curve.
 
   flops, loss, n_tokens: one array per run (FLOPs so far, the loss there, tokens so far);
-  n_params: one number per run. Each curve is interpolated linearly in log C (loss) and log-log
-  (tokens); at each of num_points log-spaced C the run with the lowest loss among the runs whose
+  n_params: one number per run. Each curve's log loss and log tokens are interpolated linearly in
+  log C; at each of num_points log-spaced C the run with the lowest loss among the runs whose
   curve covers C is the compute-optimal one there, giving N_opt(C) and D_opt(C); then
   N_opt = n_coef C^a and D_opt = d_coef C^b by least squares in log-log.
 
@@ -433,7 +433,10 @@ def fit_envelope(flops: Sequence, loss: Sequence, n_params: Sequence, n_tokens: 
   if flops_range is None:
     lo, hi = starts[1], ends[-2]
   else:
-    lo, hi = np.log(_positive('flops_range', flops_range))
+    bounds = _positive('flops_range', flops_range)
+    if len(bounds) != 2:
+      raise ConfigError(f'fit_envelope: flops_range must be (lo, hi), got {len(bounds)} values')
+    lo, hi = np.log(bounds)
   if not hi > lo:
     raise ConfigError(f'fit_envelope: empty FLOP range [{math.exp(lo):.3g}, {math.exp(hi):.3g}]')
   grid_G = np.linspace(lo, hi, num_points)
