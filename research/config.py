@@ -45,6 +45,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.num_layers = 4  # the decoder's (or the only stack's) depth
   c.model.num_encoder_layers = 0  # encoder_decoder: the encoder's depth; 0: model.num_layers
   c.model.share_embeddings = True  # encoder_decoder: one token embedding for encoder and decoder
+  # encoder_decoder: the encoder runs the decoder's blocks (T5 Table 2's "shared").
+  c.model.share_layers = False
   c.model.d_model = 256
   c.model.num_heads = 4
   c.model.num_kv_heads = 0  # 0: as many as num_heads (multi-head); fewer: grouped-query attention
@@ -233,6 +235,10 @@ def validate(config) -> None:
   need(m.t5_num_buckets >= 2, 'model.t5_num_buckets', 'must be at least 2')
   need(m.t5_max_distance > m.t5_num_buckets // 2, 'model.t5_max_distance',
        f'must exceed the {m.t5_num_buckets // 2} exactly-bucketed distances')
+  if m.share_layers:
+    need(m.arch == 'encoder_decoder' and m.num_encoder_layers in (0, m.num_layers),
+         'model.share_layers', 'shares an encoder_decoder\'s blocks between its two stacks: '
+         'needs model.arch=encoder_decoder and model.num_encoder_layers 0 or model.num_layers')
   need(isinstance(config.data.extra_ids, int) and config.data.extra_ids >= -1, 'data.extra_ids',
        'must be -1 (as the objective needs) or a number of sentinels >= 0')
   _validate_objective(config)

@@ -18,11 +18,12 @@ SCHEMES = ('learned', 'sinusoidal', 'none', 'rope', 'alibi', 't5_bias', 'shaw')
 IMPLS = ('einsum', 'blocked', 'jax_xla')
 
 
-def model_of(arch, positional, impl):
+def model_of(arch, positional, impl, share_layers=False):
   c = config_lib.default_config()
   c.model.arch, c.model.positional, c.model.attention_impl = arch, positional, impl
   c.model.num_layers, c.model.d_model, c.model.num_heads = 2, 16, 2
-  c.model.num_encoder_layers = 1
+  c.model.num_encoder_layers = 0 if share_layers else 1
+  c.model.share_layers = share_layers
   c.model.init_std = 0.3  # larger weights: a change a token can see shows well above rounding
   c.data.seq_len = T
   cfg = ModelConfig.from_config(config_lib.resolve(c, vocab_size=V))
@@ -59,8 +60,8 @@ def sees(arch):
   return same & pattern, np.broadcast_to((seg[:, None] > 0) & enc[None], (T, S))
 
 
-def check(arch, positional, impl):
-  model, params = model_of(arch, positional, impl)
+def check(arch, positional, impl, share_layers=False):
+  model, params = model_of(arch, positional, impl, share_layers)
   keys = model.BATCH_KEYS
   # Row 0 is the input; row 1 + t changes main token t; row 1 + T + s changes encoder token s.
   batch = base_batch(1 + T + S)
@@ -100,6 +101,10 @@ def test_attention_pattern(arch, positional, impl):
   check(arch, positional, impl)
 
 
+def test_attention_pattern_with_shared_encoder_decoder_layers():
+  check('encoder_decoder', 't5_bias', 'einsum', share_layers=True)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize('arch,positional,impl', CUBE)
 def test_attention_pattern_every_scheme_and_impl(arch, positional, impl):
@@ -120,3 +125,26 @@ def test_encoder_decoder_shares_or_separates_embeddings_and_counts_its_layers():
   shapes = jax.eval_shape(lambda: step_lib.init_params(separate, jax.random.PRNGKey(0),
                                                        {'length': T, 'encoder_length': S}))
   assert 'encoder_embed' in shapes and 'encoder_layer_0' in shapes  # 0: as deep as the decoder
+
+
+def test_shared_layers_halve_the_encoder_decoder_and_keep_its_pattern():
+  c = config_lib.default_config()
+  c.model.arch, c.data.seq_len = 'encoder_decoder', T
+  c.model.num_layers, c.model.d_model, c.model.num_heads = 2, 16, 2
+
+  def count(**model):
+    for k, v in model.items():
+      c.model[k] = v
+    m = archs.build(ModelConfig.from_config(config_lib.resolve(c, vocab_size=V)))
+    shapes = jax.eval_shape(lambda: step_lib.init_params(m, jax.random.PRNGKey(0),
+                                                         {'length': T, 'encoder_length': S}))
+    return shapes, sum(x.size for x in jax.tree.leaves(nn.meta.unbox(shapes)))
+
+  separate, n_separate = count(share_layers=False)
+  shared, n_shared = count(share_layers=True)
+  assert not any(k.startswith('encoder_layer') for k in shared)
+  layer = sum(x.size for x in jax.tree.leaves(nn.meta.unbox(separate['encoder_layer_0'])))
+  assert n_separate - n_shared == 2 * layer  # the encoder's two blocks
+  c.model.num_encoder_layers = 1
+  with pytest.raises(config_lib.ConfigError, match='model.share_layers'):
+    config_lib.validate(c)

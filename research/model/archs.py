@@ -61,15 +61,31 @@ def _logits(cfg: ModelConfig, embed: nn.Embed, x_BTD):
 
 
 def _embed_and_stack(cfg, embed, positional, tokens_BT, positions_BT, mask, deterministic, *,
-                     num_layers, prefix='', cross=False, memory_BSD=None, memory_mask=None):
-  """Token embedding + positions, dropout, the blocks: one stack's forward."""
+                     stack, memory_BSD=None, memory_mask=None):
+  """Token embedding + positions, dropout, the blocks (`stack`, from block_stack): one stack's
+  forward."""
   x_BTD = positional.embed(embed(tokens_BT), positions_BT)
   x_BTD = nn.Dropout(cfg.dropout)(x_BTD, deterministic=deterministic)
   ctx = Context(mask=mask, positions_BT=positions_BT,
                 bias=positional.attention_bias(positions_BT, positions_BT),
                 memory_BSD=memory_BSD, memory_mask=memory_mask)
-  return block_stack(cfg, deterministic, num_layers=num_layers, cross=cross, prefix=prefix)(
-      x_BTD, ctx)
+  return stack(x_BTD, ctx)
+
+
+def _cached_stack(cfg, embed, positional, batch, cache, pattern, *, stack, memory_BSD=None):
+  """_embed_and_stack for cached decoding: batch's T new tokens (inputs, positions, segment_ids,
+  prefix_mask for pattern 'prefix') written into `cache` (research/model/kv_cache.py) at its
+  index and attending over all its slots. Returns (x, the updated cache)."""
+  tokens_BT, positions_BT, seg_BT = batch['inputs'], batch['positions'], batch['segment_ids']
+  prefix_BT = batch.get('prefix_mask', jnp.zeros_like(seg_BT))
+  cache = cache.write(seg_BT, positions_BT, prefix_BT)
+  x_BTD = positional.embed(embed(tokens_BT), positions_BT)
+  ctx = Context(mask=cache.self_mask(seg_BT, prefix_BT, pattern), positions_BT=positions_BT,
+                bias=positional.attention_bias(positions_BT, cache.positions_BS),
+                memory_BSD=memory_BSD, memory_mask=cache.memory_mask(seg_BT),
+                cache_index=cache.index)
+  x_BTD, layers_cache = stack(x_BTD, ctx, cache.layers)
+  return x_BTD, cache.replace(layers=layers_cache, index=cache.index + tokens_BT.shape[1])
 
 
 class Decoder(nn.Module):
@@ -90,14 +106,22 @@ class Decoder(nn.Module):
     return attention_lib.Mask(seg_BT, seg_BT, pattern='causal')
 
   @nn.compact
-  def __call__(self, batch, *, deterministic=True):
+  def __call__(self, batch, *, deterministic=True, cache=None):
+    """Logits [B, T, V]; with a kv_cache.Cache, batch holds new tokens only (research/model/
+    decode.py) and the call returns (their logits, the updated cache)."""
     cfg = self.cfg
     embed = _token_embedding(cfg, 'embed')
     positional = positional_lib.Positional(cfg, bidirectional=self.PATTERN != 'causal',
                                            name='positional')
+    stack = block_stack(cfg, deterministic, num_layers=cfg.num_layers)
+    final_norm = _final_norm(cfg, 'norm_final')
+    if cache is not None:
+      x_BTD, cache = _cached_stack(cfg, embed, positional, batch, cache, self.PATTERN,
+                                   stack=stack)
+      return _logits(cfg, embed, final_norm(x_BTD)), cache
     x_BTD = _embed_and_stack(cfg, embed, positional, batch['inputs'], batch['positions'],
-                             self.mask(batch), deterministic, num_layers=cfg.num_layers)
-    return _logits(cfg, embed, _final_norm(cfg, 'norm_final')(x_BTD))
+                             self.mask(batch), deterministic, stack=stack)
+    return _logits(cfg, embed, final_norm(x_BTD))
 
 
 class PrefixLM(Decoder):
@@ -135,7 +159,9 @@ class EncoderDecoder(nn.Module):
   blocks, each with cross-attention over the encoder's output (no positional terms there, as T5).
   Each stack has its own positional parameters (T5: a bias table per stack); the token
   embedding is shared by both stacks when model.share_embeddings (T5), and tied to the output
-  with model.tie_embeddings."""
+  with model.tie_embeddings. model.share_layers: the encoder runs the decoder's blocks (their
+  self-attention and MLP weights; the cross-attention only in the decoder), T5 Table 2's
+  "encoder-decoder, shared": about half the parameters at the same FLOPs per token."""
   cfg: ModelConfig
   BATCH_KEYS = _MAIN + ('encoder_inputs', 'encoder_segment_ids', 'encoder_positions')
   ATTENTIONS = (
@@ -150,28 +176,43 @@ class EncoderDecoder(nn.Module):
     return features_lib.EncoderDecoder(bos_id=bos_id)
 
   @nn.compact
-  def __call__(self, batch, *, deterministic=True):
+  def __call__(self, batch, *, deterministic=True, cache=None):
+    """Logits [B, T, V]; with a kv_cache.Cache, the cached decoding call of Decoder.__call__:
+    the encoder runs when batch holds the encoder's keys (the first call), and later calls
+    reuse the cached cross-attention keys and values."""
     cfg = self.cfg
     embed = _token_embedding(cfg, 'embed')
     encoder_embed = embed if cfg.share_embeddings else _token_embedding(cfg, 'encoder_embed')
-    enc_seg_BS = batch['encoder_segment_ids']
-    enc_BSD = _embed_and_stack(
-        cfg, encoder_embed,
-        positional_lib.Positional(cfg, bidirectional=True, name='encoder_positional'),
-        batch['encoder_inputs'], batch['encoder_positions'],
-        attention_lib.Mask(enc_seg_BS, enc_seg_BS, pattern='full'), deterministic,
-        num_layers=cfg.num_encoder_layers, prefix='encoder_')
-    enc_BSD = _final_norm(cfg, 'encoder_norm')(enc_BSD)
+    decoder_stack = block_stack(cfg, deterministic, num_layers=cfg.num_layers, cross=True)
+    encoder_stack = decoder_stack if cfg.share_layers else block_stack(
+        cfg, deterministic, num_layers=cfg.num_encoder_layers, prefix='encoder_')
+    positional = positional_lib.Positional(cfg, name='positional')
+    final_norm = _final_norm(cfg, 'norm_final')
+    enc_BSD = None
+    if 'encoder_inputs' in batch:  # always but on cached decoding's later steps
+      enc_seg_BS = batch['encoder_segment_ids']
+      enc_BSD = _embed_and_stack(
+          cfg, encoder_embed,
+          positional_lib.Positional(cfg, bidirectional=True, name='encoder_positional'),
+          batch['encoder_inputs'], batch['encoder_positions'],
+          attention_lib.Mask(enc_seg_BS, enc_seg_BS, pattern='full'), deterministic,
+          stack=encoder_stack)
+      enc_BSD = _final_norm(cfg, 'encoder_norm')(enc_BSD)
+    if cache is not None:
+      if enc_BSD is not None:
+        cache = cache.replace(memory_valid_BS=(enc_seg_BS > 0).astype(jnp.int32))
+      x_BTD, cache = _cached_stack(cfg, embed, positional, batch, cache, 'causal',
+                                   stack=decoder_stack, memory_BSD=enc_BSD)
+      return _logits(cfg, embed, final_norm(x_BTD)), cache
     dec_seg_BT = batch['segment_ids']
     # One example per row: every real decoder token sees every real encoder token.
     memory_mask = attention_lib.Mask((dec_seg_BT > 0).astype(jnp.int32),
                                      (enc_seg_BS > 0).astype(jnp.int32), pattern='cross')
     x_BTD = _embed_and_stack(
-        cfg, embed, positional_lib.Positional(cfg, name='positional'),
-        batch['inputs'], batch['positions'],
+        cfg, embed, positional, batch['inputs'], batch['positions'],
         attention_lib.Mask(dec_seg_BT, dec_seg_BT, pattern='causal'), deterministic,
-        num_layers=cfg.num_layers, cross=True, memory_BSD=enc_BSD, memory_mask=memory_mask)
-    return _logits(cfg, embed, _final_norm(cfg, 'norm_final')(x_BTD))
+        stack=decoder_stack, memory_BSD=enc_BSD, memory_mask=memory_mask)
+    return _logits(cfg, embed, final_norm(x_BTD))
 
 
 ARCHS = {

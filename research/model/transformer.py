@@ -48,6 +48,7 @@ class ModelConfig:
   arch: str = 'decoder'
   num_encoder_layers: int = 0  # encoder_decoder: the encoder's depth (resolved: never 0)
   share_embeddings: bool = True  # encoder_decoder: one token embedding for both stacks
+  share_layers: bool = False  # encoder_decoder: the encoder runs the decoder's blocks
   attention_impl: str = 'einsum'
   scan_layers: bool = False
   remat: str = 'none'
@@ -84,17 +85,21 @@ class Context:
   bias: Optional[attention_lib.AttentionBias] = None
   memory_BSD: Optional[jax.Array] = None
   memory_mask: Optional[attention_lib.Mask] = None
+  # Cached decoding (research/model/decode.py): the first cache slot the new tokens fill; the
+  # mask and bias are then over the cache's slots, and positions_BT the new tokens'.
+  cache_index: Optional[jax.Array] = None
 
 
 class Block(nn.Module):
-  """Pre- or post-norm self-attention, optional cross-attention, MLP. Returns (x, None) so that
-  nn.scan can stack it."""
+  """Pre- or post-norm self-attention, optional cross-attention, MLP. Returns (x, cache) so that
+  nn.scan can stack it: cache None, or under cached decoding (research/model/decode.py) this
+  layer's updated {'self': {'k', 'v'}, 'cross': {'k', 'v'}} from the one it was given."""
   cfg: ModelConfig
   deterministic: bool = True
   cross: bool = False
 
   @nn.compact
-  def __call__(self, x_BTD, ctx: Context):
+  def __call__(self, x_BTD, ctx: Context, cache=None):
     cfg, deterministic = self.cfg, self.deterministic
     dtype = jnp.dtype(cfg.dtype)
     # GPT-2's scaled init of the projections that write into the residual stream.
@@ -106,13 +111,26 @@ class Block(nn.Module):
                      dtype, name='mlp')
     norm1 = layers.norm(cfg.norm, cfg.norm_eps, cfg.use_bias, dtype, 'norm_attention')
     norm2 = layers.norm(cfg.norm, cfg.norm_eps, cfg.use_bias, dtype, 'norm_mlp')
-    sublayers = [lambda h: attn(h, h, ctx.mask, ctx.positions_BT, ctx.positions_BT, ctx.bias,
-                                deterministic)]
+    cache = cache or {}
+    new_cache = {}
+
+    def cached(name, out):  # an attention's output, its updated cache kept aside
+      if name not in cache:
+        return out
+      new_cache[name] = out[1]
+      return out[0]
+
+    sublayers = [lambda h: cached('self', attn(
+        h, h, ctx.mask, ctx.positions_BT, ctx.positions_BT, ctx.bias, deterministic,
+        cache.get('self'), ctx.cache_index))]
     norms = [norm1]
-    if self.cross:
+    # A stack shared with an encoder (model.share_layers) runs without memory there; a cached
+    # decoding step has the memory's keys and values in its cache instead.
+    if self.cross and (ctx.memory_BSD is not None or 'cross' in cache):
       cross = attention_lib.Attention(cfg, out_std, dtype, None, name='cross_attention')
-      sublayers.append(lambda h: cross(h, ctx.memory_BSD, ctx.memory_mask, None, None, None,
-                                       deterministic))
+      sublayers.append(lambda h: cached('cross', cross(
+          h, ctx.memory_BSD, ctx.memory_mask, None, None, None, deterministic,
+          cache.get('cross'))))
       norms.append(layers.norm(cfg.norm, cfg.norm_eps, cfg.use_bias, dtype, 'norm_cross'))
     sublayers.append(lambda h: mlp(h, deterministic))
     norms.append(norm2)
@@ -122,16 +140,18 @@ class Block(nn.Module):
         x_BTD = x_BTD + sublayer(norm(x_BTD))
       else:
         x_BTD = norm(x_BTD + sublayer(x_BTD))
-    return nn.with_logical_constraint(x_BTD, RESIDUAL_AXES), None
+    return nn.with_logical_constraint(x_BTD, RESIDUAL_AXES), new_cache or None
 
 
 def block_stack(cfg: ModelConfig, deterministic: bool, *, num_layers: int, cross: bool = False,
                 prefix: str = ''):
-  """A function (x, ctx) -> x over num_layers blocks, their parameters named with `prefix`.
+  """A function (x, ctx) -> x over num_layers blocks, their parameters named with `prefix`;
+  called as (x, ctx, cache) under cached decoding, it returns (x, the updated cache).
 
   scan_layers: one Block under nn.scan, its parameters stacked on a leading 'layers' axis
-  (params[prefix + 'layers'][...]); compiles once whatever the depth. Otherwise a Python loop of
-  prefix + 'layer_0', 'layer_1', ... Either way each layer may be rematerialized by `remat`.
+  (params[prefix + 'layers'][...]), and so is the cache ([layers, B, S, K, H]); compiles once
+  whatever the depth. Otherwise a Python loop of prefix + 'layer_0', 'layer_1', ..., the cache a
+  tuple of the layers' own. Either way each layer may be rematerialized by `remat`.
   """
   # The stack's own depth scales its residual projections' initialization (Block's out_std).
   cfg = dataclasses.replace(cfg, num_layers=num_layers)
@@ -140,16 +160,22 @@ def block_stack(cfg: ModelConfig, deterministic: bool, *, num_layers: int, cross
     block = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
   if cfg.scan_layers:
     stack = nn.scan(block, variable_axes={'params': 0}, split_rngs={'params': True, 'dropout': True},
-                    in_axes=(nn.broadcast,), length=num_layers,
+                    in_axes=(nn.broadcast, 0), length=num_layers,
                     metadata_params={nn.PARTITION_NAME: 'layers'})(
                         cfg, deterministic, cross, name=f'{prefix}layers')
-    return lambda x, ctx: stack(x, ctx)[0]
+
+    def run_scanned(x, ctx, cache=None):
+      x, cache = stack(x, ctx, cache)
+      return x if cache is None else (x, cache)
+    return run_scanned
 
   layers_ = [block(cfg, deterministic, cross, name=f'{prefix}layer_{i}')
              for i in range(num_layers)]
 
-  def run(x, ctx):
-    for layer in layers_:
-      x = layer(x, ctx)[0]
-    return x
+  def run(x, ctx, cache=None):
+    new_cache = []
+    for i, layer in enumerate(layers_):
+      x, layer_cache = layer(x, ctx, None if cache is None else cache[i])
+      new_cache.append(layer_cache)
+    return x if cache is None else (x, tuple(new_cache))
   return run
