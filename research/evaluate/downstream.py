@@ -204,10 +204,13 @@ def finetuned(ctx: Context, *, length: int, items: int, finetune_steps: int) -> 
   the class names by likelihood for each held-out passage."""
   plength = max(8, length // 2)
   passages, classes, names, task = _labelled_passages(ctx, plength)
+  # Balanced: as many held-out passages of every class (a fifth of the rarest class's, at most
+  # items in all), so chance is 1 / classes; the rest are fine-tuned on, drawn class by class.
   rng = np.random.default_rng([SEED, 2])
-  order = rng.permutation(len(passages))
-  test = order[:max(len(order) // 5, min(items, len(order) // 2))][:items]
-  train = np.setdiff1d(order, test)
+  by_class = [rng.permutation(np.flatnonzero(classes == k)) for k in range(len(names))]
+  per_class = max(1, min(min(len(c) for c in by_class) // 5, items // len(names)))
+  test = np.concatenate([c[:per_class] for c in by_class])
+  train_by_class = [c[per_class:] for c in by_class if len(c) > per_class]
   eot = ctx.tokenizer.eot_id
   name_ids = [ctx.tokenizer.encode(' ' + n) for n in names]
   width = max(map(len, name_ids)) + 1
@@ -233,7 +236,9 @@ def finetuned(ctx: Context, *, length: int, items: int, finetune_steps: int) -> 
                   out_shardings=tr.state_sh)(ctx.params)
   b = ctx.batch_size
   for step in range(finetune_steps):
-    picked = np.random.default_rng([SEED, 3, step]).choice(train, b, replace=len(train) < b)
+    draw = np.random.default_rng([SEED, 3, step])
+    picked = np.array([train_by_class[k][draw.integers(len(train_by_class[k]))]
+                       for k in draw.integers(0, len(train_by_class), b)])
     batch = ctx.converter(example(picked, classes[picked]), lengths)
     state, _ = tr.train_fn(state, jax.device_put(batch, tr.batch_sh))
   # Rank classification: every test passage with every class name as its target.
@@ -243,8 +248,8 @@ def finetuned(ctx: Context, *, length: int, items: int, finetune_steps: int) -> 
   nll, _ = _score(tuned, example(rows, cls))
   picked = nll.reshape(len(test), len(names)).argmin(axis=1)
   return {'accuracy': float((picked == classes[test]).mean()), 'classes': len(names),
-          'chance': float(np.bincount(classes[test]).max() / len(test)),
-          'train_examples': int(len(train)), 'test_examples': int(len(test)),
+          'chance': 1 / len(names),
+          'train_examples': int(sum(map(len, train_by_class))), 'test_examples': int(len(test)),
           'steps': finetune_steps, 'task': task}
 
 

@@ -8,6 +8,7 @@ the kind whose result file its arms hold.
 
   extrapolation  perplexity by positional scheme and evaluation length (extrapolation.py)
   kv_depths      key-value retrieval accuracy by depth (kv_depths.py)
+  objectives     downstream measures by architecture and objective (objectives.py)
 """
 
 import importlib
@@ -16,7 +17,7 @@ import os
 from research.errors import ConfigError
 from research.report.common import read_sweep
 
-KINDS = ('extrapolation', 'kv_depths')
+KINDS = ('extrapolation', 'kv_depths', 'objectives')
 
 
 def kind_module(kind: str):
