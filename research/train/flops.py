@@ -15,6 +15,16 @@ this is an upper bound); cross-attention whole (every decoder token over every e
 its key and value projections applied to the encoder's tokens. Per token means per token the
 model reads: an example's FLOPs over the sum of its sequences' lengths.
 
+Three counts of a decoder's training FLOPs per token, for the scaling laws (`flops_per_token`):
+- 'kaplan': C = 6N, N the non-embedding parameters (Kaplan et al. 2020, eq. 2.1 without its
+  context term): no attention-score term, so nothing to halve;
+- 'chinchilla': Hoffmann et al. 2022, Appendix F: embeddings (2 V d), query/key/value projections,
+  the attention logits and their softmax-weighted values over the whole context (NOT halved for
+  causal masking), the softmax (3 heads T^2), output projections, the MLP and the final logits,
+  per token; backward = 2x forward;
+- 'model': this module's count (`train_flops_per_token`) with causal attention halved: the one
+  MFU divides by, everywhere in this codebase.
+
 The peak MFU divides by: on the CPU the matmul rate measured here and now (no datasheet figure
 fits a shared, throttled host); on GPUs and TPUs the vendor's dense 16-bit figure for that chip
 when compute is 16-bit, the convention of the published MFUs we compare with (llm.c, MaxText,
@@ -76,6 +86,40 @@ def train_flops_per_token(cfg, lengths, *, causal_halving: bool = True) -> float
     lengths = {'length': lengths}
   return (train_flops_per_example(cfg, lengths, causal_halving=causal_halving)
           / sum(lengths.values()))
+
+
+def chinchilla_flops_per_token(cfg, seq_len: int) -> float:
+  """Hoffmann et al. 2022, Appendix F: forward FLOPs of one sequence over its tokens, times 3."""
+  d, t, v = cfg.d_model, seq_len, cfg.vocab_size
+  d_attn = cfg.num_heads * cfg.head_dim
+  d_kv = cfg.num_kv_heads * cfg.head_dim
+  gated = cfg.activation in ('swiglu', 'geglu')
+  embeddings = 2 * t * v * d
+  attention = (2 * t * d * (d_attn + 2 * d_kv)  # query, key, value projections
+               + 2 * t * t * d_attn  # key @ query logits
+               + 3 * cfg.num_heads * t * t  # softmax
+               + 2 * t * t * d_attn  # softmax @ values
+               + 2 * t * d_attn * d)  # output projection
+  dense = 2 * t * d * cfg.d_ff * (3 if gated else 2)
+  logits = 2 * t * d * v
+  forward = embeddings + cfg.num_layers * (attention + dense) + logits
+  return 3 * forward / t
+
+
+def kaplan_flops_per_token(cfg) -> float:
+  """6N, N the non-embedding parameters (research/scaling/ladder.py counts them)."""
+  from research.scaling import ladder
+  return 6.0 * ladder.count_params_of(cfg)['non_embedding']
+
+
+def flops_per_token(cfg, seq_len: int, count: str = 'model') -> float:
+  """Training FLOPs per token of a decoder by `count`: 'kaplan', 'chinchilla' or 'model'."""
+  counts = {'kaplan': lambda: kaplan_flops_per_token(cfg),
+            'chinchilla': lambda: chinchilla_flops_per_token(cfg, seq_len),
+            'model': lambda: train_flops_per_token(cfg, seq_len)}
+  if count not in counts:
+    raise ValueError(f'unknown FLOP count {count!r}: one of {", ".join(counts)}')
+  return counts[count]()
 
 
 # Dense (no sparsity) bfloat16/float16 FLOP/s per chip, from the vendors' datasheets, matched
