@@ -27,7 +27,8 @@ CHOICES = {
     'model.rope_layout': ('half', 'interleaved'),
     'model.attention_impl': ('auto', 'einsum', 'blocked', 'jax_xla', 'jax_cudnn'),
     'model.remat': ('none', 'full', 'dots', 'dots_no_batch'),
-    'train.schedule': ('cosine', 'linear', 'rsqrt', 'constant'),
+    'train.schedule': ('cosine', 'linear', 'rsqrt', 'constant', 'wsd'),
+    'train.cooldown_shape': ('linear', 'sqrt'),
     'train.compute_dtype': ('float32', 'bfloat16'),  # float16 would need loss scaling
 }
 
@@ -120,6 +121,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.schedule = 'cosine'
   c.train.warmup_steps = 100
   c.train.min_lr_ratio = 0.1  # the schedule ends at learning_rate * min_lr_ratio
+  # train.schedule=wsd: the last cooldown_fraction of the steps decays, 'linear' or 'sqrt'
+  # (1 - sqrt(progress), Hagele et al. 2024's best).
+  c.train.cooldown_fraction = 0.2
+  c.train.cooldown_shape = 'sqrt'
   c.train.weight_decay = 0.1
   c.train.decay_embeddings = False  # weight decay on embedding tables (norms and biases never)
   c.train.beta1 = 0.9
@@ -216,6 +221,8 @@ def validate(config) -> None:
   for key in ('train.beta1', 'train.beta2'):
     need(0.0 <= given[key] < 1.0, key, 'must be in [0, 1)')
   need(0.0 < given['data.eval_fraction'] < 1.0, 'data.eval_fraction', 'must be in (0, 1)')
+  need(0.0 <= given['train.cooldown_fraction'] <= 1.0, 'train.cooldown_fraction',
+       'must be in [0, 1]')
   need(0.0 < given['model.rope_fraction'] <= 1.0, 'model.rope_fraction', 'must be in (0, 1]')
 
   m = config.model

@@ -38,6 +38,17 @@ def test_schedules():
   assert float(rsqrt(100000)) == pytest.approx(0.1)
   const = optim.schedule(train_cfg(schedule='constant', warmup_steps=0))
   assert float(const(0)) == float(const(109)) == 1.0
+  # WSD: constant to step 88, then the last 20% (22 steps) decays to the floor.
+  for shape, half in (('sqrt', 1 - 0.9 * math.sqrt(0.5)), ('linear', 0.55)):
+    wsd = optim.schedule(train_cfg(schedule='wsd', cooldown_shape=shape))
+    assert float(wsd(9)) == pytest.approx(0.91) and float(wsd(88)) == pytest.approx(1.0)
+    assert float(wsd(99)) == pytest.approx(half, rel=1e-5)
+    assert float(wsd(110)) == pytest.approx(0.1, rel=1e-5)
+  # A constant-rate run and a wsd run agree up to the wsd run's cooldown: a cooldown branched
+  # from the constant run's checkpoint at step 88 is the wsd run.
+  warm_const = optim.schedule(train_cfg(schedule='constant', steps=1000))
+  wsd = optim.schedule(train_cfg(schedule='wsd'))
+  assert all(float(warm_const(s)) == float(wsd(s)) for s in range(89))
 
 
 def test_weight_decay_only_on_matrices():
