@@ -1,5 +1,7 @@
 """The decoder's behaviour: masking, packing, switches, and logical axes on every parameter."""
 
+import types
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -320,26 +322,39 @@ def test_norms_backward_matches_flax_autodiff():
 
 class _FavoursPadding:
   """A stand-in model whose logits favour ids 10 and 11 (padding when the tokenizer has 10) and,
-  among the real ids, id 3."""
+  among the real ids, id 3; with a cache (cached decoding) it returns the cache as given."""
+  cfg = types.SimpleNamespace(num_layers=1, num_kv_heads=1, head_dim=1, dtype='float32',
+                              scan_layers=False, positional='none', max_len=8)
 
-  def apply(self, variables, batch):
+  def apply(self, variables, batch, cache=None):
     n, length = batch['inputs'].shape
-    return jnp.zeros((n, length, 12)).at[..., 3].set(1.0).at[..., 10:].set(5.0)
+    logits = jnp.zeros((n, length, 12)).at[..., 3].set(1.0).at[..., 10:].set(5.0)
+    return logits if cache is None else (logits, cache)
 
 
-def test_sampling_never_draws_the_padded_vocabulary_rows():
+@pytest.mark.parametrize('cached', [True, False], ids=['cached', 'recompute'])
+def test_sampling_never_draws_the_padded_vocabulary_rows(cached):
+  """Both samplers (research/model/decode.py): cached decoding and the full-recompute reference."""
   from research.data import features
   from research.model import decode
-  kwargs = dict(num_samples=64, max_new_tokens=7, seed=0, eot_id=0,
-                converter=features.DecoderOnly(), model_lengths={'length': 8})
-  greedy = decode.generate(_FavoursPadding(), {}, [0], temperature=0.0, vocab_size=10, **kwargs)
-  assert greedy == [[3] * 7] * 64
-  drawn = decode.generate(_FavoursPadding(), {}, [0], temperature=1.0, vocab_size=10, **kwargs)
-  ids = {i for row in drawn for i in row}
+  model = _FavoursPadding()
+
+  def draw(**kwargs):
+    kwargs.update(num_samples=64, max_new_tokens=7, seed=0, eot_id=0,
+                  converter=features.DecoderOnly())
+    if cached:
+      return decode.generate(model, {}, [[0]], **kwargs)[0]
+    return decode.generate_recompute(model, {}, [0], model_lengths={'length': 8}, **kwargs)
+
+  assert draw(temperature=0.0, vocab_size=10) == [[3] * 7] * 64
+  ids = {i for row in draw(temperature=1.0, vocab_size=10) for i in row}
   assert ids <= set(range(10)) and len(ids) > 3
   # Unpadded, the same logits give the padding ids almost every draw: the cut above is real.
-  drawn = decode.generate(_FavoursPadding(), {}, [0], temperature=1.0, vocab_size=12, **kwargs)
+  drawn = draw(temperature=1.0, vocab_size=12)
   assert sum(i >= 10 for row in drawn for i in row) > 0.9 * 64 * 7
+  if cached:  # top-k and top-p cut within the ids that may be drawn
+    assert draw(temperature=1.0, vocab_size=10, top_k=1) == [[3] * 7] * 64
+    assert draw(temperature=1.0, vocab_size=10, top_p=0.2) == [[3] * 7] * 64
 
 
 def test_gpt2_124m_bench_preset_has_gpt2_small_shapes():

@@ -22,12 +22,32 @@ turns them into the model's sequence lengths (research/data/batch.py's `lengths`
 """
 
 import dataclasses
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import numpy as np
 
 from research.data import batch as batch_lib
 from research.errors import ConfigError
+
+
+class PromptLayout(NamedTuple):
+  """How a batch of prompts enters cached decoding (research/model/decode.py)."""
+  batch: dict  # the first call's Batch: only the tokens it writes (numpy), research/model/archs.py
+  last: np.ndarray  # [B] the index, among those tokens, whose logits predict the first new token
+  next_positions: np.ndarray  # [B] the position the first generated token is read at
+  memory_length: Optional[int]  # encoder tokens whose cross-attention keys are cached, or None
+  max_position: int  # the largest position the first call uses (a learned table must hold it)
+
+
+def _padded_prompts(prompts, length: int):
+  """[B, length] int32 right-padded prompts and their [B, length] segment ids (1 real, 0 pad)."""
+  if not prompts or min(len(p) for p in prompts) < 1 or max(len(p) for p in prompts) > length:
+    raise ValueError(f'prompts must be 1 to {length} tokens long')
+  tokens_BP = np.zeros((len(prompts), length), np.int32)
+  for b, p in enumerate(prompts):
+    tokens_BP[b, :len(p)] = p
+  seg_BP = (np.arange(length)[None] < np.array([len(p) for p in prompts])[:, None])
+  return tokens_BP, seg_BP.astype(np.int32)
 
 
 class ExampleLengths(NamedTuple):
@@ -73,6 +93,18 @@ class DecoderOnly:
   def target_offsets(self, example) -> np.ndarray:
     """[B] the position whose prediction is each row's first target."""
     return _real_lengths(example['inputs_segment_ids']) - 1
+
+  def prompt_layout(self, prompts, length: int) -> PromptLayout:
+    """Cached decoding's first call: each prompt (a list of ids) right-padded to `length`, the
+    whole of it a prefix LM's bidirectional prefix (the inputs, as in training)."""
+    tokens_BP, seg_BP = _padded_prompts(prompts, length)
+    n_B = seg_BP.sum(axis=1)
+    batch = {'inputs': tokens_BP, 'segment_ids': seg_BP,
+             'positions': batch_lib.positions_from_segments(seg_BP)}
+    if self.prefix:
+      batch['prefix_mask'] = seg_BP.copy()
+    return PromptLayout(batch, last=n_B - 1, next_positions=n_B, memory_length=None,
+                        max_position=int(n_B.max()) - 1)
 
   def __call__(self, example, lengths: ExampleLengths) -> dict:
     inputs_BI, targets_BL = example['inputs'], example['targets']
@@ -130,6 +162,19 @@ class EncoderDecoder:
   def target_offsets(self, example) -> np.ndarray:
     return np.zeros(len(example['targets']), np.int64)
 
+  def prompt_layout(self, prompts, length: int) -> PromptLayout:
+    """Cached decoding's first call: the prompts, right-padded to `length`, to the encoder; the
+    decoder's start token (bos_id) at position 0."""
+    tokens_BP, seg_BP = _padded_prompts(prompts, length)
+    b = len(prompts)
+    ones_B1 = np.ones((b, 1), np.int32)
+    batch = {'inputs': ones_B1 * self.bos_id, 'segment_ids': ones_B1,
+             'positions': np.zeros((b, 1), np.int32), 'encoder_inputs': tokens_BP,
+             'encoder_segment_ids': seg_BP,
+             'encoder_positions': batch_lib.positions_from_segments(seg_BP)}
+    return PromptLayout(batch, last=np.zeros(b, np.int64), next_positions=np.ones(b, np.int64),
+                        memory_length=length, max_position=int(seg_BP.sum(axis=1).max()) - 1)
+
   def __call__(self, example, lengths: ExampleLengths) -> dict:
     enc_seg_BS = _pad_to(example['inputs_segment_ids'], lengths.inputs, 'inputs').astype(np.int32)
     targets_BT = _pad_to(example['targets'], lengths.targets, 'targets').astype(np.int32)
@@ -161,7 +206,7 @@ class EncoderOnly:
     raise ConfigError('model.arch=encoder predicts masked tokens in place; it cannot generate '
                       'text (set sample.num_samples=0)')
 
-  max_prompt_length = generation_lengths = target_offsets = _cannot_generate
+  max_prompt_length = generation_lengths = target_offsets = prompt_layout = _cannot_generate
 
   def __call__(self, example, lengths: ExampleLengths) -> dict:
     seg_BT = example['inputs_segment_ids']

@@ -125,17 +125,19 @@ def bucket_sums(x_BKGTS, index_BTS, num_buckets: int):
 
 
 def dot_product_attention(q_BTNH, k_BSKH, v_BSKH, mask,
-                          bias: Optional[AttentionBias] = None):
+                          bias: Optional[AttentionBias] = None, *, heads_major: bool = False):
   """softmax(q (k + r_k)^T / sqrt(H) + b) (v + r_v), K key/value heads shared by N // K query heads.
 
   mask: a Mask or a [B, 1, T, S] bool array. r_k[t, s] = bias.rel_key_DH[bias.rel_index_BTS[t, s]],
-  r_v likewise, and b = bias.logits_BNTS, each only where given.
+  r_v likewise, and b = bias.logits_BNTS, each only where given. heads_major: keys and values
+  come as [B, K, S, H] (a decoding cache's layout) instead.
   """
   bias = bias or AttentionBias()
   b, t, n, h = q_BTNH.shape
-  k = k_BSKH.shape[2]
+  k = k_BSKH.shape[1 if heads_major else 2]
+  kv = 'bksh' if heads_major else 'bskh'
   q_BTKGH = q_BTNH.reshape(b, t, k, n // k, h)
-  logits_BKGTS = jnp.einsum('btkgh,bskh->bkgts', q_BTKGH, k_BSKH).astype(jnp.float32)
+  logits_BKGTS = jnp.einsum(f'btkgh,{kv}->bkgts', q_BTKGH, k_BSKH).astype(jnp.float32)
   if bias.rel_key_DH is not None:
     # Shaw et al. eq. 4: the relative key joins the key inside the scaled product.
     qr_BKGTD = jnp.einsum('btkgh,dh->bkgtd', q_BTKGH, bias.rel_key_DH.astype(q_BTNH.dtype))
@@ -150,7 +152,7 @@ def dot_product_attention(q_BTNH, k_BSKH, v_BSKH, mask,
                                         *logits_BNTS.shape[-2:])
   logits_BKGTS = jnp.where(mask_array(mask)[:, :, None], logits_BKGTS, jnp.finfo(jnp.float32).min)
   probs32_BKGTS = jax.nn.softmax(logits_BKGTS, axis=-1)
-  out_BTKGH = jnp.einsum('bkgts,bskh->btkgh', probs32_BKGTS.astype(v_BSKH.dtype), v_BSKH)
+  out_BTKGH = jnp.einsum(f'bkgts,{kv}->btkgh', probs32_BKGTS.astype(v_BSKH.dtype), v_BSKH)
   if bias.rel_value_DH is not None:
     # Summed per bucket in float32 (a scatter-add accumulates one term at a time).
     table_DH = bias.rel_value_DH.astype(jnp.float32)
@@ -250,6 +252,13 @@ class Attention(nn.Module):
 
   transform_qk(q, k, q_positions, k_positions) -> (q, k) is the positional scheme's hook on
   queries and keys (None in cross-attention: no scheme relates positions of two sequences).
+
+  Cached decoding (research/model/decode.py) passes `cache`, this layer's {'k', 'v'}
+  ([B, K, S, H] each), and gets (out, new cache) back. Self-attention (cache_index given): the
+  new tokens' keys, each rotated by its own position, and values are written into slots
+  [cache_index, cache_index + T), and the queries attend over every slot under a mask over them.
+  Cross-attention: kv_BSD given (the first call), its keys and values are computed and become
+  the cache; kv_BSD None (every later step), the cached ones are used as they are.
   """
   cfg: object
   out_init_std: float
@@ -257,7 +266,8 @@ class Attention(nn.Module):
   transform_qk: Optional[Callable] = None
 
   @nn.compact
-  def __call__(self, x_BTD, kv_BSD, mask, q_positions_BT, k_positions_BS, bias, deterministic):
+  def __call__(self, x_BTD, kv_BSD, mask, q_positions_BT, k_positions_BS, bias, deterministic,
+               cache=None, cache_index=None):
     cfg = self.cfg
     d = x_BTD.shape[-1]
 
@@ -266,15 +276,34 @@ class Attention(nn.Module):
                                cfg.use_bias, cfg.init_std, self.dtype, name=name)(x)
 
     heads_axes = ('batch', 'length', 'heads', 'kv')
-    q = heads_in('query', x_BTD, cfg.num_heads)
-    k = heads_in('key', kv_BSD, cfg.num_kv_heads)
-    v = heads_in('value', kv_BSD, cfg.num_kv_heads)
-    q, k, v = (nn.with_logical_constraint(a, heads_axes) for a in (q, k, v))
-    if self.transform_qk is not None:
-      q, k = self.transform_qk(q, k, q_positions_BT, k_positions_BS)
-    impl = resolve_impl(cfg.attention_impl, dtype=self.dtype,
-                        has_relative_kv=bias is not None and bias.rel_key_DH is not None)
-    out_BTNH = nn.with_logical_constraint(attend(q, k, v, mask, bias, impl=impl), heads_axes)
+    q = nn.with_logical_constraint(heads_in('query', x_BTD, cfg.num_heads), heads_axes)
+    if kv_BSD is None:  # a cross-attention step: the memory's keys and values as first computed
+      k, v = cache['k'], cache['v']
+    else:
+      k = nn.with_logical_constraint(heads_in('key', kv_BSD, cfg.num_kv_heads), heads_axes)
+      v = nn.with_logical_constraint(heads_in('value', kv_BSD, cfg.num_kv_heads), heads_axes)
+      if self.transform_qk is not None:
+        q, k = self.transform_qk(q, k, q_positions_BT, k_positions_BS)
+      if cache is not None:
+        # Heads-major, [B, K, S, H]: the key product reads the cache as it is, where from
+        # [B, S, K, H] XLA:CPU transposed the whole key cache at every step.
+        k, v = (a.transpose(0, 2, 1, 3).astype(cache['k'].dtype) for a in (k, v))
+    if cache is None:
+      impl = resolve_impl(cfg.attention_impl, dtype=self.dtype,
+                          has_relative_kv=bias is not None and bias.rel_key_DH is not None)
+      out_BTNH = attend(q, k, v, mask, bias, impl=impl)
+    else:
+      if cache_index is not None:  # self-attention: the new tokens into their slots
+        k, v = (jax.lax.dynamic_update_slice(cache[name], new, (0, 0, cache_index, 0))
+                for name, new in (('k', k), ('v', v)))
+      # A few queries over the cache's slots under an explicit mask: the plain product (the
+      # blocked path would compute it whole anyway, and the fused kernels gain on long query
+      # blocks, not on one row).
+      out_BTNH = dot_product_attention(q, k, v, mask, bias, heads_major=True)
+    out_BTNH = nn.with_logical_constraint(out_BTNH, heads_axes)
     out_BTD = layers.Projection((cfg.num_heads, cfg.head_dim), (d,), ('heads', 'kv', 'embed'),
                                 cfg.use_bias, self.out_init_std, self.dtype, name='out')(out_BTNH)
-    return nn.Dropout(cfg.dropout)(out_BTD, deterministic=deterministic)
+    out_BTD = nn.Dropout(cfg.dropout)(out_BTD, deterministic=deterministic)
+    if cache is None:
+      return out_BTD
+    return out_BTD, {'k': k, 'v': v}
