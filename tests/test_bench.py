@@ -36,3 +36,31 @@ def test_bench_reports_consistent_figures(tmp_path, cache_dir):
   assert out['mfu_of_measured_peak'] == out['mfu']
   assert out['attention_impl'] == 'blocked'  # model.attention_impl=auto on the CPU
   assert out['matmul_peak_flops'] > 1e9 and out['loader_batches_per_sec'] > 0
+
+
+def test_vs_decoder_picks_the_decoder_nearest_the_encoder_decoder_in_parameters(tmp_path):
+  """--vs_decoder's decoder: the same width and objective, the depth whose parameter count is
+  nearest the encoder-decoder's (an encoder layer and a decoder layer with cross-attention weigh
+  about 2 1/3 decoder layers at d_ff = 4 d)."""
+  from launch import bench
+  c = config_lib.default_config()
+  c.data.source = 'kv_retrieval'  # synthetic: no corpus to tokenize
+  c.data.cache_dir = str(tmp_path)
+  c.model.arch, c.objective.name = 'encoder_decoder', 'span_corruption'
+  c.model.num_layers, c.model.d_model, c.model.num_heads, c.data.seq_len = 3, 64, 2, 64
+  c.data.kv_pairs = 8
+  decoder = bench.decoder_of_equal_size(c)
+  assert decoder.model.arch == 'decoder' and decoder.objective.name == 'span_corruption'
+  assert decoder.model.d_model == 64
+  from research.data import pipeline
+  vocab = pipeline.prepare(c).tokenizer.vocab_size
+  counts = {n: bench._num_params(_with_layers(decoder, n), vocab) for n in (6, 7, 8)}
+  target = bench._num_params(c, vocab)
+  assert decoder.model.num_layers == min(counts, key=lambda n: abs(counts[n] - target)) == 7
+
+
+def _with_layers(config, n):
+  import ml_collections
+  c = ml_collections.ConfigDict(config.to_dict())
+  c.model.num_layers = n
+  return c
