@@ -44,3 +44,18 @@ def test_evaluate_lengths_matches_training_eval(tmp_path, cache_dir):
 def test_evaluate_errors(tmp_path):
   r = run_cli('launch.evaluate', f'--workdir={tmp_path}', '--lengths=2x')
   assert r.returncode == 2 and r.stderr.strip() == f'error: --workdir={tmp_path} holds no run (no config.json)'
+
+
+def test_lengths_past_a_learned_table_refuse_in_one_line(monkeypatch):
+  """Past model.max_len a learned model has no position to read: launch.evaluate refuses before
+  compiling anything (in the model such a position reads NaN, research/model/positional.py)."""
+  import ml_collections
+  import pytest
+  from research.errors import ConfigError
+  from research.evaluate import lengths
+  resolved = ml_collections.ConfigDict({'data': {'seq_len': 32},
+                                        'model': {'positional': 'learned', 'max_len': 64}})
+  monkeypatch.setattr(lengths, 'load_run', lambda workdir: (resolved, None, None, None, None, 7))
+  with pytest.raises(ConfigError, match=r'^--lengths: 128 tokens read positions up to 127, past '
+                     r'the learned position table of model.max_len=64 rows'):
+    lengths.evaluate_run('run', lengths='1x,2x,4x', stride=0.5, max_tokens=1024)

@@ -148,3 +148,45 @@ def test_train_and_score_through_the_cli(tmp_path):
   out = kv_depths.evaluate_run(workdir, rows=16)
   assert out['depths'] == kv.depths(6) and len(out['accuracy']) == len(out['depths'])
   assert os.path.exists(os.path.join(workdir, 'kv_depths.json'))
+
+
+def test_multi_query_rows_score_every_answer():
+  shape = dict(SHAPE, num_pairs=4, queries=3, seq_len=64)
+  n, k, v = 4, SHAPE['key_len'], SHAPE['value_len']
+  b = kv.kv_batch(0, 3, batch_size=8, **shape)
+  seq = np.concatenate([b['inputs'], b['targets'][:, -1:]], axis=1)
+  pairs = seq[:, 1:1 + n * (k + v + 2)].reshape(8, n, k + v + 2)
+  keys, values = pairs[:, :, :k], pairs[:, :, k + 1:k + 1 + v]
+  asked = seq[:, 1 + n * (k + v + 2):kv.sequence_length(n, k, v, 3)].reshape(8, 3, k + v + 2)
+  assert (asked[:, :, 0] == kv.QUERY).all() and (asked[:, :, 1 + k] == kv.KV_SEP).all()
+  for row in range(8):
+    index = [[tuple(x) for x in keys[row]].index(tuple(q)) for q in asked[row, :, 1:1 + k]]
+    assert len(set(index)) == 3  # three different pairs
+    np.testing.assert_array_equal(asked[row, :, 2 + k:], values[row, index])
+  # Every answer's value tokens are scored, nothing else.
+  assert (b['loss_mask'].sum(1) == 3 * v).all()
+  np.testing.assert_array_equal(b['targets'][b['loss_mask'] > 0].reshape(8, 3, v),
+                                asked[:, :, 2 + k:])
+  # The first query is a one-query row's: same pairs, same queried pair.
+  one = kv.kv_batch(0, 3, batch_size=8, **dict(shape, queries=1))
+  first = kv.sequence_length(n, k, v) - 1
+  np.testing.assert_array_equal(b['inputs'][:, :first], one['inputs'][:, :first])
+  with pytest.raises(ConfigError, match='data.kv_queries=5'):
+    kv.kv_batch(0, 3, batch_size=8, **dict(shape, queries=5))
+
+
+def test_curriculum_grows_the_pairs_as_a_function_of_the_step():
+  stages = [kv.curriculum_pairs(s, num_pairs=3, curriculum_steps=30) for s in range(0, 40, 5)]
+  assert stages == [1, 1, 2, 2, 3, 3, 3, 3]
+  assert kv.curriculum_pairs(0, num_pairs=3, curriculum_steps=0) == 3
+  loader = kv.KvLoader(seed=2, batch_size=4, curriculum_steps=30, queries=2,
+                       **dict(SHAPE, num_pairs=3))
+  row = lambda step: loader.batch(step)['inputs'].shape[1]
+  per = SHAPE['key_len'] + SHAPE['value_len'] + 2
+  # One pair asks one query; then rows grow by a pair each stage; resuming needs only the step.
+  assert [row(0), row(10), row(29), row(100)] == [1 + per + 1 + SHAPE['key_len'] + 1,
+                                                  1 + 2 * per + 1 + SHAPE['key_len'] + 1,
+                                                  1 + 3 * per + 1 + SHAPE['key_len'] + 1,
+                                                  1 + 3 * per + 1 + SHAPE['key_len'] + 1]
+  np.testing.assert_array_equal(loader.batch(12)['targets'], loader.batch(12)['targets'])
+  assert loader.batch(12)['targets'].shape[1] == SHAPE['value_len'] + per  # v, then ? k : v

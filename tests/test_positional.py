@@ -21,6 +21,9 @@ make = functools.lru_cache(test_model.make)
 
 SCHEMES = ('learned', 'sinusoidal', 'none', 'rope', 'alibi', 't5_bias', 'shaw')
 RELATIVE = ('rope', 'alibi', 't5_bias', 'shaw')
+# A learned table holds only the positions it is sized for: tests past T size it to 8T, as the
+# extrapolation experiment sizes it to its longest evaluation.
+LONG = {'learned': {'max_len': 8 * T}}
 
 
 # Relative positions (key - query) from far before the query to far after it.
@@ -146,14 +149,30 @@ def test_sinusoidal_is_computed_for_any_position():
 PACKED_POSITIONS = jnp.array([list(range(5)) + list(range(T - 5)), list(range(T))])
 
 
-def test_learned_positions_past_the_table_reuse_its_last_row():
+def test_learned_positions_past_the_table_read_nan():
+  """Inside the table a position reads its row; past it NaN (no silent clamp), so a model asked
+  for a position it has no row for gives NaN logits rather than plausible numbers."""
   model, params = make(positional='learned')
   positions = jnp.broadcast_to(jnp.arange(T) * 8, (2, T))
   out = Positional(model.cfg).apply({'params': params['positional']}, jnp.zeros((2, T, 32)),
                                     positions, method='embed')
   table = params['positional']['embedding']
-  np.testing.assert_allclose(out[0], table[jnp.minimum(jnp.arange(T) * 8, T - 1)])
-  np.testing.assert_allclose(out[0, 2:], jnp.broadcast_to(table[-1], (T - 2, 32)))
+  assert table.shape == (T, 32)
+  np.testing.assert_array_equal(out[0, :2], table[jnp.array([0, 8])])
+  assert np.isnan(np.asarray(out[:, 2:])).all()
+  # Causal: the positions inside the table are untouched, every one past it is NaN.
+  out = np.asarray(logits(model, params, np.random.RandomState(6).randint(0, V, (1, 2 * T))))
+  assert np.isfinite(out[:, :T]).all() and np.isnan(out[:, T:]).all()
+
+
+def test_learned_length_check_names_the_table():
+  model, _ = make(positional='learned')
+  positional_lib.check_learned_length(model.cfg, T, '--lengths')
+  with pytest.raises(ConfigError, match=rf'^--lengths: {T + 1} tokens read positions up to {T}, '
+                     rf'past the learned position table of model.max_len={T} rows'):
+    positional_lib.check_learned_length(model.cfg, T + 1, '--lengths')
+  rope, _ = make(positional='rope')
+  positional_lib.check_learned_length(rope.cfg, 100 * T, '--lengths')  # no table to run past
 
 
 def bias_of(scheme, **model):
@@ -245,7 +264,7 @@ def test_attention_terms_match_a_direct_computation(logit_heads):
 
 @pytest.mark.parametrize('scheme', SCHEMES)
 def test_runs_at_eight_times_the_training_length(scheme):
-  model, params = make(positional=scheme)
+  model, params = make(positional=scheme, **LONG.get(scheme, {}))
   x = np.random.RandomState(6).randint(0, V, (1, 8 * T))
   out = logits(model, params, x)
   assert out.shape == (1, 8 * T, V) and np.isfinite(np.asarray(out)).all()
@@ -254,7 +273,7 @@ def test_runs_at_eight_times_the_training_length(scheme):
 @pytest.mark.parametrize('scheme', SCHEMES)
 def test_schemes_read_positions_and_relative_ones_only_their_differences(scheme):
   """Relative schemes ignore a shift of every position; all but NoPE see the positions."""
-  model, params = make(positional=scheme)
+  model, params = make(positional=scheme, **LONG.get(scheme, {}))
   x = np.random.RandomState(7).randint(0, V, (2, T))
   positions = np.broadcast_to(np.arange(T), (2, T))
   base = logits(model, params, x, positions=positions)

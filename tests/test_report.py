@@ -84,18 +84,22 @@ def test_report_cli_writes_tables_and_plots(tmp_path):
   header = [c.strip() for c in table1.strip().splitlines()[2].strip('|').split('|')]
   assert header == ['scheme', '1x (64)', '1.5x (96)', '2x (128)', 'train tokens/s', 'params']
   # rope: 10 and 12 -> mean 11, sample std sqrt(2); alibi has one evaluated seed: no std.
-  assert _row(table1, 'rope') == ['rope', '11.00 ± 1.41', '22.00 ± 2.83', '42.00 ± 2.83', '3,500', '1.23M']
-  assert _row(table1, 'alibi') == ['alibi', '11.00', '11.50', '12.00', '1,000', '1.23M']
+  # Bold: within two standard deviations of the column's best (rope ties alibi only at 1x).
+  assert _row(table1, 'rope') == ['rope', '**11.00 ± 1.41**', '22.00 ± 2.83', '42.00 ± 2.83',
+                                  '3,500', '1.23M']
+  assert _row(table1, 'alibi') == ['alibi', '**11.00**', '**11.50**', '**12.00**', '1,000', '1.23M']
+  assert 'within two standard deviations' in md.split('## Table 1')[0]
   # Fixed scheme order: rope before alibi, whatever sweep.json's order.
   assert table1.index('| rope ') < table1.index('| alibi ')
   assert 'alibi-s1: not evaluated (no eval_lengths.json)' in table1
 
   table2 = md.split('## Table 2')[1].split('## Table 3')[0]
-  assert _row(table2, 'rope')[1] == '9.90 ± 1.27'  # 0.9 x (10, 12)
+  assert _row(table2, 'rope')[1] == '**9.90 ± 1.27**'  # 0.9 x (10, 12)
   table3 = md.split('## Table 3')[1].split('## Table 4')[0]
   assert len(_row(table3, 'rope')) == 3  # scheme, 1x, the longest length
   table4 = md.split('## Table 4')[1].split('## Published')[0]
-  assert _row(table4, 'rope')[1:] == ['1.00 ± 0.00', '2.00 ± 0.00', '3.83 ± 0.24']
+  assert _row(table4, 'rope')[1:] == ['1.00 ± 0.00', '2.00 ± 0.00', '3.83 ± 0.24',
+                                      'degrades from 1.5x']
   published = md.split('## Published')[1]
   assert '453.32 (23.44x)' in published and 'OOM' in published
 
@@ -121,6 +125,28 @@ def test_report_is_deterministic_and_skips_stale_evals(tmp_path):
   sweep = extrapolation.load_sweep(workdir)
   assert [a.name for a in sweep.arms] == ['rope-s0', 'alibi-s0']
   assert dict(sweep.missing)['rope-s1'] == 'eval_lengths.json is from step 100, the run ended at step 200'
+
+
+def test_near_best_pools_the_two_groups_compared():
+  stats = {'a': (10.0, 1.0), 'b': (12.5, 1.0), 'c': (13.0, 1.0), 'd': (11.0, None),
+           'e': (None, None), 'wild': (30.0, 20.0)}
+  # b: 2.5 > 2 * 1; d (one seed) against a's std alone: 1 <= 2 * sqrt(1 / 2); wild: 20 <=
+  # 2 * sqrt((400 + 1) / 2) = 28.3, and its deviation widens no one else's margin (b, c out).
+  assert common.near_best(stats, higher=False) == {'a', 'd', 'wild'}
+  assert common.near_best({'a': (0.9, 0.05), 'b': (0.75, 0.05), 'c': (0.85, 0.01)},
+                          higher=True) == {'a', 'c'}
+  assert common.near_best({}, higher=True) == set()
+
+
+@pytest.mark.parametrize('ratios, expected', [
+    ({64: [1, 1, 1], 128: [1.01, 1.0, 1.02], 256: [1.3, 1.2, 1.25]}, 'degrades from 4x'),
+    ({64: [1, 1, 1], 128: [1.3, 1.0, 1.6], 256: [1.0, 1.01, 0.99]}, 'holds'),  # 1.3 within 2 std
+    ({64: [1, 1, 1], 128: [0.97, 0.96, 0.97], 256: [0.9, 0.91, 0.9]}, 'improves'),
+    ({64: [1, 1, 1], 128: [1.01, 1.01, 1.01]}, 'holds'),  # above 2 std, below MIN_CHANGE
+    ({64: [1.0]}, '—'),
+])
+def test_behaviour_past_the_training_length(ratios, expected):
+  assert extrapolation.behaviour(ratios, 64) == expected
 
 
 def test_tokens_per_sec_leaves_out_the_first_train_row(tmp_path):
@@ -165,9 +191,13 @@ def test_depth_report_for_kv_retrieval_arms(tmp_path):
   out = report.write_report(str(tmp_path))
   lines = out['table'].splitlines()
   assert lines[0].split('|')[2].strip() == 'pair 1 of 6'
+  # Bold: the depth's best (alibi is far below); †: within two binomial standard errors of the
+  # guess level 1/6 over the seeds' rows (0.2 - 1/6 < 2 * sqrt(1/6 * 5/6 / 128) = 0.066).
   assert [c.strip() for c in lines[2].split('|')[1:-1]] == [
-      'rope', '0.600 ± 0.141', '0.200 ± 0.000', '0.500 ± 0.141']
-  assert [c.strip() for c in lines[3].split('|')[1:-1]] == ['alibi', '0.100', '0.100', '0.100']
+      'rope', '**0.600 ± 0.141**', '**0.200 ± 0.000** †', '**0.500 ± 0.141**']
+  assert [c.strip() for c in lines[3].split('|')[1:-1]] == ['alibi', '0.100 †', '0.100 †',
+                                                            '0.100 †']
+  assert 'guessing one of the row\'s values scores 1/6' in open(out['report']).read()
   assert out['missing'] == [('alibi-s1', 'not scored (no kv_depths.json)')]
   assert os.path.getsize(out['plots'][0]) > 5000
   assert 'Lost in the middle' in open(out['report']).read()

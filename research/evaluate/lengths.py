@@ -19,6 +19,7 @@ import numpy as np
 
 from research.data import cache, features, pipeline, sources, tokenizers
 from research.errors import ConfigError
+from research.model import positional
 from research.objectives import causal_lm
 from research.train import step as step_lib
 from research.train.checkpoint import restore_run
@@ -118,10 +119,14 @@ def evaluate_run(workdir: str, *, lengths: str, stride: float, max_tokens: int,
   <workdir>/eval_lengths.json and returns its content."""
   resolved, tr, params, tok, stream, step = load_run(workdir)
   train_len = resolved.data.seq_len
+  parsed = parse_lengths(lengths, train_len)
+  # Before any compiling: past a learned table's rows the model reads NaN (research/model/
+  # positional.py), so the perplexities would only say NaN.
+  positional.check_learned_length(resolved.model, max(parsed), '--lengths')
   token_bytes_V = tok.token_byte_lengths().astype(np.float64)
   batch_size = batch_size or resolved.train.batch_size
   results = {'step': step, 'train_length': train_len, 'max_tokens': max_tokens, 'lengths': {}}
-  for length in parse_lengths(lengths, train_len):
+  for length in parsed:
     # Long windows: fewer rows per batch keeps memory near the training batch's.
     b = max(1, batch_size * train_len // length)
     common = dict(length=length, batch_size=b, max_tokens=max_tokens,

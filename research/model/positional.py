@@ -21,6 +21,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from research.errors import ConfigError
 from research.model.attention import AttentionBias
 
 
@@ -104,6 +105,16 @@ def t5_relative_bucket(relative_position, *, bidirectional: bool, num_buckets: i
   return ret + jnp.where(n < max_exact, n, val_if_large)
 
 
+def check_learned_length(cfg, length: int, what: str) -> None:
+  """ConfigError when sequences of `length` tokens could read positions past a learned position
+  table (cfg: a ModelConfig or the config's model section); `what` names the setting at fault."""
+  if cfg.positional == 'learned' and length > cfg.max_len:
+    raise ConfigError(
+        f'{what}: {length} tokens read positions up to {length - 1}, past the learned position '
+        f'table of model.max_len={cfg.max_len} rows; train with a larger model.max_len (rows past '
+        f'the training length stay untrained) or stay within {cfg.max_len} tokens')
+
+
 def transform_qk(cfg, q_BTNH, k_BSKH, q_positions_BT, k_positions_BS):
   """The per-layer hook on queries and keys (rope: each rotated by its own position); holds no
   parameters, so scanned layers and any other transform can call it."""
@@ -143,9 +154,11 @@ class Positional(nn.Module):
   def embed(self, x_BTD, positions_BT):
     dtype = jnp.dtype(self.cfg.dtype)
     if self.cfg.positional == 'learned':
-      # Positions past the table (evaluating beyond the training length) reuse its last row.
-      positions_BT = jnp.minimum(positions_BT, self.cfg.max_len - 1)
-      return x_BTD + jnp.take(self.embedding, positions_BT, axis=0).astype(dtype)
+      # A position past the table has no embedding: it reads NaN, so the logits and the loss turn
+      # NaN instead of silently standing in another row (jnp.take's default clamps). Callers that
+      # know their lengths refuse earlier, in one line (check_learned_length).
+      return x_BTD + jnp.take(self.embedding, positions_BT, axis=0, mode='fill',
+                              fill_value=jnp.nan).astype(dtype)
     if self.cfg.positional == 'sinusoidal':
       # The paper scales token embeddings by sqrt(d): at std-0.02 initialisation the unit-amplitude
       # table would otherwise swamp them.

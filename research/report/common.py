@@ -130,3 +130,25 @@ def write_text(path: str, text: str) -> None:
   with open(tmp, 'w') as f:
     f.write(text)
   os.replace(tmp, path)
+
+
+def near_best(stats: dict, higher: bool) -> set:
+  """The groups whose mean is within two standard deviations of the best group's mean.
+
+  stats: {group: (mean, std or None)} (mean_std's output; None means are left out). The deviation
+  is pooled over the two groups compared, sqrt((s**2 + s_best**2) / 2), so one unstable group does
+  not widen every other group's margin; a missing std (one seed) counts as 0. The best group is
+  always in the set.
+  """
+  means = {g: (m, s or 0.0) for g, (m, s) in stats.items() if m is not None}
+  if not means:
+    return set()
+  best = (max if higher else min)(means, key=lambda g: means[g][0])
+  m_best, s_best = means[best]
+  return {g for g, (m, s) in means.items()
+          if abs(m - m_best) <= 2 * np.sqrt((s ** 2 + s_best ** 2) / 2)}
+
+
+def bold(text: str, on: bool = True) -> str:
+  """Markdown bold when `on`: how tables mark the cells near the column's best."""
+  return f'**{text}**' if on else text

@@ -20,9 +20,10 @@ import numpy as np
 from matplotlib import ticker
 
 from research.errors import ConfigError
-from research.report.common import (MISSING, by_group, format_cell, format_params,
-                                    markdown_table, mean_std, new_figure, read_json, read_sweep,
-                                    save_figure, style, train_tokens_per_sec, write_text)
+from research.report.common import (MISSING, bold, by_group, format_cell, format_params,
+                                    markdown_table, mean_std, near_best, new_figure, read_json,
+                                    read_sweep, save_figure, style, train_tokens_per_sec,
+                                    write_text)
 
 RESULT = 'eval_lengths.json'
 
@@ -125,16 +126,28 @@ def _ratio_to_first(arm: Arm, length: int, first: int):
   return at / base if at is not None and base else None
 
 
+def _column(groups, values_of, digits: int = 2, higher: bool = False) -> dict:
+  """{group: cell} for one column, bold where within two standard deviations of its best
+  (common.near_best). values_of(arm) -> a value or None."""
+  values = {g: [values_of(a) for a in arms] for g, arms in groups.items()}
+  near = near_best({g: mean_std(v) for g, v in values.items()}, higher=higher)
+  return {g: bold(format_cell(v, digits), g in near and format_cell(v) != MISSING)
+          for g, v in values.items()}
+
+
 def perplexity_table(sweep: Sweep, kind: str = 'non_overlapping', speed: bool = True) -> str:
-  """Table 1 (non_overlapping) or 2 (sliding): perplexity per scheme and length; with speed, the
-  train tokens/s and parameter count columns too (Table 2 leaves out what Table 1 already shows)."""
+  """Table 1 (non_overlapping) or 2 (sliding): perplexity per scheme and length, bold within two
+  standard deviations of the column's lowest; with speed, the train tokens/s and parameter count
+  columns too (Table 2 leaves out what Table 1 already shows)."""
   lengths, L = eval_lengths(sweep.arms), sweep.train_length
   header = ['scheme', *(f'{format_multiple(n, L)} ({n})' for n in lengths)]
   if speed:
     header += ['train tokens/s', 'params']
+  groups = by_group(sweep.arms, sweep.order)
+  columns = [_column(groups, lambda a, n=n: _metric(a, n, kind, 'perplexity')) for n in lengths]
   rows = []
-  for group, arms in by_group(sweep.arms, sweep.order).items():
-    row = [group, *(format_cell([_metric(a, n, kind, 'perplexity') for a in arms]) for n in lengths)]
+  for group, arms in groups.items():
+    row = [group, *(col[group] for col in columns)]
     if speed:
       tps, _ = mean_std([a.tokens_per_sec for a in arms])
       params, _ = mean_std([a.num_params for a in arms])
@@ -154,13 +167,42 @@ def bits_per_byte_table(sweep: Sweep) -> str:
   return markdown_table(header, rows)
 
 
+# A ratio to 1x counts as a change past the training length when it differs from 1 by more than
+# two standard deviations over seeds and by more than this: seeds can agree to 0.1%, which is
+# not a change worth naming.
+MIN_CHANGE = 0.02
+
+
+def behaviour(ratios: dict, train_length: int) -> str:
+  """'degrades from 2x', 'improves', 'holds' or '—' from {length: [ratio per seed]}: the first
+  length past the training length whose mean ratio exceeds 1 + max(2 std, MIN_CHANGE) (degrades);
+  else improves if the longest length's mean ratio is below 1 - max(2 std, MIN_CHANGE)."""
+  past = sorted(n for n in ratios if n > train_length)
+
+  def change(n):
+    mean, std = mean_std(ratios[n])
+    return (None, 0.0) if mean is None else (mean - 1, max(2 * (std or 0.0), MIN_CHANGE))
+
+  for n in past:
+    delta, margin = change(n)
+    if delta is not None and delta > margin:
+      return f'degrades from {format_multiple(n, train_length)}'
+  if not past or change(past[-1])[0] is None:
+    return MISSING
+  delta, margin = change(past[-1])
+  return 'improves' if delta < -margin else 'holds'
+
+
 def ratio_table(sweep: Sweep) -> str:
-  """Table 4: perplexity at each length over the same seed's at 1x: the shape the paper shows."""
+  """Table 4: perplexity at each length over the same seed's at 1x: the shape the paper shows,
+  and each scheme's behaviour past the training length (behaviour)."""
   lengths, L = eval_lengths(sweep.arms), sweep.train_length
   first = L if L in lengths else lengths[0]
-  header = ['scheme', *(f'{format_multiple(n, L)} ({n})' for n in lengths)]
-  rows = [[g, *(format_cell([_ratio_to_first(a, n, first) for a in arms]) for n in lengths)]
-          for g, arms in by_group(sweep.arms, sweep.order).items()]
+  header = ['scheme', *(f'{format_multiple(n, L)} ({n})' for n in lengths), 'past 1x']
+  rows = []
+  for g, arms in by_group(sweep.arms, sweep.order).items():
+    ratios = {n: [_ratio_to_first(a, n, first) for a in arms] for n in lengths}
+    rows.append([g, *(format_cell(ratios[n]) for n in lengths), behaviour(ratios, L)])
   return markdown_table(header, rows)
 
 
@@ -206,8 +248,10 @@ def render(sweep: Sweep) -> str:
       _setup_line(sweep), '',
       f'Cells: perplexity, mean ± sample std over seeds (std only with two seeds or more); columns: '
       f'evaluation length as a multiple of the training length ({L}) and in tokens. '
-      f'{MISSING}: not evaluated at that length. Train tokens/s: mean over seeds of the mean over '
-      'train log rows, the first row (compilation, warm-up) left out.', '',
+      f'{MISSING}: not evaluated at that length. **Bold**: within two standard deviations of the '
+      'column\'s best (the deviation pooled over the two schemes compared), so bold cells do not '
+      'separate from the best at this number of seeds. Train tokens/s: mean over seeds of the '
+      'mean over train log rows, the first row (compilation, warm-up) left out.', '',
       '## Table 1: perplexity, non-overlapping windows', '',
       perplexity_table(sweep, 'non_overlapping'),
   ]
@@ -223,6 +267,9 @@ def render(sweep: Sweep) -> str:
               perplexity_table(sweep, 'sliding', speed=False)]
   parts += ['', '## Table 3: bits per byte, non-overlapping windows', '', bits_per_byte_table(sweep),
             '', '## Table 4: perplexity relative to 1x (mean over seeds of each seed\'s ratio)', '',
+            f'Past 1x: "degrades from Nx" at the first length whose ratio exceeds 1 by more than '
+            f'two standard deviations and by more than {MIN_CHANGE:g}; otherwise "improves" or '
+            '"holds" by the same test at the longest length.', '',
             ratio_table(sweep),
             '']
   published = sweep.spec.get('published')
@@ -283,15 +330,23 @@ def plot_per_position(sweep: Sweep, path: str):
   ax = fig.subplots()
   groups = by_group(sweep.arms, sweep.order)
   longest = eval_lengths(sweep.arms)[-1]
+  # Each position's mean rests on few windows at the longest lengths (max_tokens / length of
+  # them per seed): means over bins of positions keep the curves readable.
+  width = max(1, longest // 64)
   for group, arms in groups.items():
     n = eval_lengths(arms)[-1]
     curves = [a.lengths[n]['non_overlapping']['per_position_loss'] for a in arms if n in a.lengths]
+    curve = np.mean(curves, axis=0)
+    starts = np.arange(0, len(curve), width)
+    binned = [curve[i:i + width].mean() for i in starts]
     label = group if n == longest else f'{group} (at {n})'
-    ax.plot(np.mean(curves, axis=0), label=label, linewidth=1.0, color=style(group, _plot_order(sweep))['color'])
+    ax.plot(starts + (min(width, len(curve)) - 1) / 2, binned, label=label, linewidth=1.0,
+            color=style(group, _plot_order(sweep))['color'])
   ax.axvline(sweep.train_length, color='grey', linestyle='--', linewidth=1.0, label='training length')
   ax.set_xlabel('position in window')
   ax.set_ylabel('mean loss (nats)')
-  ax.set_title(f'per-position loss, non-overlapping windows of {longest} tokens')
+  ax.set_title(f'per-position loss, non-overlapping windows of {longest} tokens'
+               + (f' (means over {width} positions)' if width > 1 else ''))
   ax.grid(True, alpha=0.3)
   ax.legend(fontsize=8)
   save_figure(fig, path)
