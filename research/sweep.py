@@ -52,11 +52,14 @@ def arms(module, arg) -> list:
   return out
 
 
-def arm_config(base, arm: Arm) -> ml_collections.ConfigDict:
-  """base with the arm's dotted-key overrides, validated."""
+def arm_config(base, arm: Arm, sweep_dir: str = '') -> ml_collections.ConfigDict:
+  """base with the arm's dotted-key overrides, validated. '{sweep}' in a string value is the
+  sweep's directory (an arm can start from another arm's checkpoint: train.init_from)."""
   c = ml_collections.ConfigDict(base.to_dict())
   known = config_lib.flat(config_lib.default_config())
   for key, value in arm.overrides.items():
+    if isinstance(value, str) and '{sweep}' in value:
+      value = value.replace('{sweep}', sweep_dir)
     if key not in known:
       raise ConfigError(f'sweep arm {arm.name}: unknown config key {key!r}')
     *parents, leaf = key.split('.')

@@ -34,6 +34,7 @@ def base_config(preset='cpu'):
   elif preset == 'paper':
     # T5-base (Raffel et al. 2020): 220M parameters as an encoder-decoder.
     c.data.seq_len = 568  # 512 inputs and 114 targets under span corruption (random_spans_helper)
+    c.data.vocab_size = 32_000  # T5's SentencePiece size (T5 adds 100 extra ids; here 104 specials)
     c.model.d_model, c.model.num_heads, c.model.num_layers = 768, 12, 12
     c.model.num_encoder_layers, c.model.d_ff = 12, 3072
     c.model.activation = 'relu'

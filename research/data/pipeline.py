@@ -32,6 +32,10 @@ class Data:
   process_index: int = 0
   process_count: int = 1
 
+  def epochs(self, steps: int) -> float:
+    """Passes over the train split that `steps` steps make (nan for a synthetic task)."""
+    return self.task.epochs(steps)
+
   def train_batch(self, step: int) -> dict:
     """This process's part of the global Batch for `step`."""
     return self.converter(self.task.train_examples(step, self.process_index, self.process_count),
@@ -113,6 +117,15 @@ class TextTask:
     self.loader = loader_lib.Loader(streams['train'], seq_len=d.seq_len,
                                     batch_size=config.train.batch_size, seed=config.seed,
                                     document_mask=d.document_mask)
+    wanted = self.epochs(config.train.steps)
+    if d.max_epochs and wanted > d.max_epochs:
+      raise ConfigError(f'train.steps={config.train.steps} reads the train split '
+                        f'{wanted:.2f} times ({config.train.steps * config.train.batch_size:,} '
+                        f'rows of {self.loader.num_rows:,}); data.max_epochs={d.max_epochs:g} '
+                        'allows fewer (raise it, or 0 for no limit)')
+
+  def epochs(self, steps: int) -> float:
+    return steps * self.config.train.batch_size / self.loader.num_rows
 
   def train_examples(self, step: int, process_index: int, process_count: int) -> dict:
     rows = self.loader.batch(step, process_index=process_index, process_count=process_count)

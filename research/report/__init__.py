@@ -9,6 +9,7 @@ the kind whose result file its arms hold.
   extrapolation  perplexity by positional scheme and evaluation length (extrapolation.py)
   kv_depths      key-value retrieval accuracy by depth (kv_depths.py)
   objectives     downstream measures by architecture and objective (objectives.py)
+  scaling        scaling-law fits of a size x budget sweep (scaling.py)
 """
 
 import importlib
@@ -17,7 +18,7 @@ import os
 from research.errors import ConfigError
 from research.report.common import read_sweep
 
-KINDS = ('extrapolation', 'kv_depths', 'objectives')
+KINDS = ('extrapolation', 'kv_depths', 'objectives', 'scaling')
 
 
 def kind_module(kind: str):
@@ -36,6 +37,25 @@ def report_kind(workdir: str) -> str:
     if any(os.path.exists(os.path.join(workdir, e['name'], result)) for e in spec['arms']):
       return name
   return KINDS[0]
+
+
+def before_arm(workdir: str, arm: str, config) -> None:
+  """What the sweep's report kind does before an arm (its config) trains: the scaling report
+  writes its held-out prediction then; most kinds do nothing."""
+  spec = read_sweep(workdir)
+  kind = (spec.get('report') or {}).get('kind')
+  hook = getattr(kind_module(kind), 'before_arm', None) if kind else None
+  if hook is not None:
+    hook(workdir, arm, config)
+
+
+def waits_for_earlier(workdir: str, arm: str) -> bool:
+  """Whether the arm must start only after every earlier arm has finished (launch.sweep
+  --parallel): the scaling report's held-out arm, whose prediction uses all the others."""
+  spec = read_sweep(workdir)
+  kind = (spec.get('report') or {}).get('kind')
+  hook = getattr(kind_module(kind), 'waits_for_earlier', None) if kind else None
+  return bool(hook and hook(workdir, arm))
 
 
 def write_report(workdir: str) -> dict:
