@@ -66,8 +66,19 @@ def fail(message: str):
   sys.exit(2)
 
 
+def _quiet_closed_loops(unraisable):
+  """sys.unraisablehook: after an orbax save fails (a full disk), tensorstore's writes still under
+  way complete into orbax's event loop, closed by the failure, and each reports 'Event loop is
+  closed' as an unraisable error; the run's own one-line error says what happened."""
+  if isinstance(unraisable.exc_value, RuntimeError) and 'Event loop is closed' in str(
+      unraisable.exc_value):
+    return
+  sys.__unraisablehook__(unraisable)
+
+
 def run(main):
   """absl's app.run, with ConfigError (and flag errors) as 'error: ...' and exit status 2."""
+  sys.unraisablehook = _quiet_closed_loops
 
   @functools.wraps(main)
   def guarded(argv):

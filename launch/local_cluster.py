@@ -7,7 +7,8 @@ Each process gets JAX_COORDINATOR_ADDRESS (a free localhost port), JAX_NUM_PROCE
 JAX_PROCESS_ID, JAX_PLATFORMS=cpu and its own devices_per_process CPU devices; launch.train joins
 them with jax.distributed and gloo collectives. Process 0's output passes through unchanged; the
 others' lines are prefixed with [process i]. SIGTERM / Ctrl-C reach every process (a train run
-saves a checkpoint and stops); when one process fails, the others are stopped, and the exit
+saves a checkpoint and stops); when one process fails or is killed, the others get GRACE_SECONDS
+to exit by themselves (launch.train does at its next collective) and are then killed; the exit
 status is the first failure's.
 """
 
@@ -26,6 +27,10 @@ from launch import cli
 _NUM = flags.DEFINE_integer('num_processes', 2, 'processes to start')
 _DEVICES = flags.DEFINE_integer('devices_per_process', 1, 'CPU devices each process sees')
 _PORT = flags.DEFINE_integer('port', 0, 'coordinator port (0: a free one)')
+
+
+# How long the other processes get to exit by themselves once one has failed, before SIGKILL.
+GRACE_SECONDS = 10
 
 
 def free_port() -> int:
@@ -84,8 +89,13 @@ def main(argv):
     for i, p in enumerate(procs):
       if failed is None and p.poll() not in (None, 0):
         failed = (i, p.returncode)
-        # The others would wait for it in a collective forever.
-        deadline = time.time() + 10
+        if p.returncode < 0:  # killed: it printed nothing of its own
+          print(f'error: process {i} was killed ({signal.Signals(-p.returncode).name}); the '
+                f'others are stopped within {GRACE_SECONDS}s; re-run the same command to resume '
+                'from the last checkpoint', file=sys.stderr)
+        # The others notice at their next collective and exit (launch.train), or would wait in
+        # it forever: this is what bounds them.
+        deadline = time.time() + GRACE_SECONDS
         for q in procs:
           while q.poll() is None and time.time() < deadline:
             time.sleep(0.1)

@@ -13,15 +13,18 @@ JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID environment, as launch/
 sets) elsewhere. The workdir must be one directory that every process sees.
 """
 
+import os
 import signal
 import sys
 import threading
+import traceback
 
 from absl import flags
 from ml_collections import config_flags
 
 from launch import cli
 from launch.progress import ProgressReporter
+from research.errors import ConfigError
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'experiment config file (get_config)')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'run directory (created; resumed if it holds this run)')
@@ -58,8 +61,21 @@ def main(argv):
 
   signal.signal(signal.SIGTERM, on_signal)
   signal.signal(signal.SIGINT, on_signal)
-  summary = loop.train(config, _WORKDIR.value, overwrite=_OVERWRITE.value,
-                       reporter=ProgressReporter(_PROGRESS.value) if lead else None, stop=stop)
+  try:
+    summary = loop.train(config, _WORKDIR.value, overwrite=_OVERWRITE.value,
+                         reporter=ProgressReporter(_PROGRESS.value) if lead else None, stop=stop)
+  except Exception as e:  # pylint: disable=broad-except
+    if not distributed.is_multiprocess():
+      raise
+    # The other processes wait for this one in a collective, and JAX's shutdown at exit waits for
+    # them (until its heartbeat timeout): leave now, with one line (a traceback for a bug).
+    if isinstance(e, ConfigError) or distributed.peer_lost(e):
+      print(f'error: {distributed.failure_line(e)}', file=sys.stderr)
+    else:
+      traceback.print_exc()
+    sys.stderr.flush()
+    sys.stdout.flush()
+    os._exit(2 if isinstance(e, ConfigError) else 1)
   if not lead:
     return
   if 'interrupted_at_step' in summary:

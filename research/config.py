@@ -58,7 +58,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.norm_eps = 1e-5
   c.model.activation = 'gelu'
   c.model.positional = 'learned'
-  # Learned-position table size (longer inputs reuse its last row); 0: the model's longest sequence.
+  # Learned-position table size (reading past it is an error); 0: the model's longest sequence.
   c.model.max_len = 0
   c.model.rope_theta = 10000.0
   c.model.rope_layout = 'half'  # 'half': GPT-NeoX, HF Llama; 'interleaved': RoFormer, Meta Llama
@@ -93,12 +93,17 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.kv_pairs = 20
   c.data.kv_key_len = 2
   c.data.kv_value_len = 2
+  # Queries per row (each a different pair, each answer scored); the depth evaluation asks one.
+  c.data.kv_queries = 1
+  # > 0: train rows hold 1, 2, ... up to kv_pairs pairs in equal stages over the first N steps.
+  c.data.kv_curriculum_steps = 0
   c.data.seq_len = 256  # tokens of text per example (research/objectives: each makes its lengths)
   # Sentinels (T5's extra ids) above the vocabulary, with [MASK] and UL2's [NLU] [NLG] [S2S];
   # -1: as the objective needs (none for causal_lm; else 100 or as many as it can use).
   c.data.extra_ids = -1
   c.data.document_mask = True  # attention stays inside each packed document
   c.data.cache_dir = '.cache'  # token caches and trained tokenizers, shared by every run
+  c.data.max_epochs = 0.0  # > 0: refuse a run that would read the train split more often; 0: any
 
   c.objective = ml_collections.ConfigDict()
   c.objective.name = 'causal_lm'  # research/objectives: causal_lm, span_corruption, ul2, ...
@@ -125,6 +130,9 @@ def default_config() -> ml_collections.ConfigDict:
   # (1 - sqrt(progress), Hagele et al. 2024's best).
   c.train.cooldown_fraction = 0.2
   c.train.cooldown_shape = 'sqrt'
+  # '<workdir>:<step>': start from that run's checkpoint (same model and seed) and continue with
+  # this run's schedule, e.g. a cooldown branched from a long constant-rate run. '': from scratch.
+  c.train.init_from = ''
   c.train.weight_decay = 0.1
   c.train.decay_embeddings = False  # weight decay on embedding tables (norms and biases never)
   c.train.beta1 = 0.9
@@ -135,6 +143,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.label_smoothing = 0.0
   c.train.compute_dtype = 'float32'  # parameters stay float32 whatever this is
   c.train.log_every = 10
+  # A step whose loss or gradient norm is NaN or infinite stops the run (its last good checkpoint
+  # kept); N > 0 skips such steps instead (no update; the step still counts, so the data and the
+  # schedule stay where they were going) and stops at the (N+1)-th in a row.
+  c.train.skip_nonfinite = 0
 
   c.eval = ml_collections.ConfigDict()
   c.eval.every_steps = 250  # also at the last step
@@ -201,13 +213,14 @@ def validate(config) -> None:
   for key in ('model.num_layers', 'model.d_model', 'model.num_heads', 'data.seq_len',
               'train.steps', 'train.batch_size', 'train.log_every', 'eval.every_steps',
               'eval.max_batches', 'checkpoint.every_steps', 'checkpoint.keep',
-              'data.kv_pairs', 'data.kv_key_len', 'data.kv_value_len',
+              'data.kv_pairs', 'data.kv_key_len', 'data.kv_value_len', 'data.kv_queries',
               'model.t5_num_buckets', 'model.t5_max_distance', 'model.shaw_max_distance'):
     need(isinstance(given[key], int) and given[key] > 0, key, 'must be a positive integer')
   for key in ('model.num_kv_heads', 'model.head_dim', 'model.d_ff', 'model.max_len',
               'model.num_encoder_layers',
               'model.vocab_size', 'train.warmup_steps', 'sample.num_samples',
-              'sample.max_new_tokens', 'data.vocab_size'):
+              'sample.max_new_tokens', 'data.vocab_size', 'train.skip_nonfinite',
+              'data.kv_curriculum_steps'):
     need(isinstance(given[key], int) and given[key] >= 0, key, 'must be a non-negative integer')
   for key in ('model.dropout', 'train.label_smoothing', 'train.min_lr_ratio'):
     need(0.0 <= given[key] < 1.0 or (key == 'train.min_lr_ratio' and given[key] == 1.0),
@@ -223,6 +236,8 @@ def validate(config) -> None:
   need(0.0 < given['data.eval_fraction'] < 1.0, 'data.eval_fraction', 'must be in (0, 1)')
   need(0.0 <= given['train.cooldown_fraction'] <= 1.0, 'train.cooldown_fraction',
        'must be in [0, 1]')
+  need(given['data.max_epochs'] >= 0 and math.isfinite(given['data.max_epochs']),
+       'data.max_epochs', 'must be non-negative (0: no limit)')
   need(0.0 < given['model.rope_fraction'] <= 1.0, 'model.rope_fraction', 'must be in (0, 1]')
 
   m = config.model
@@ -359,7 +374,7 @@ def load_json(path: str) -> ml_collections.ConfigDict:
 # Keys that do not change the trained model: a resumed run may change them (e.g. resume on
 # another mesh; orbax restores into the new shardings).
 NOT_RUN_IDENTITY = ('data.cache_dir', 'mesh.shape', 'mesh.rules', 'model.attention_impl',
-                    'model.remat', 'train.log_every',
+                    'model.remat', 'train.log_every', 'train.skip_nonfinite',
                     'eval.every_steps', 'checkpoint.every_steps', 'checkpoint.keep',
                     'sample.num_samples', 'sample.max_new_tokens', 'sample.temperature',
                     'sample.prompt')

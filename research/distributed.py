@@ -54,6 +54,31 @@ def initialize(*, coordinator_address: str = '', num_processes: int = 0, process
   return jax.process_count() > 1
 
 
+def is_multiprocess() -> bool:
+  return jax.process_count() > 1
+
+
+# How a collective or the coordination service reports a process that is gone (gloo on CPUs; the
+# coordination service's status codes elsewhere).
+_PEER_LOST = ('Gloo', 'Connection reset', 'Connection closed', 'Broken pipe', 'heartbeat',
+              'UNAVAILABLE', 'DEADLINE_EXCEEDED')
+
+
+def peer_lost(e: BaseException) -> bool:
+  """True when e says another process of the run is gone (killed, crashed, unreachable)."""
+  return any(marker in str(e) for marker in _PEER_LOST)
+
+
+def failure_line(e: BaseException) -> str:
+  """One line for a failure in process i of a multi-process run."""
+  from research.errors import ConfigError, first_line
+  i = jax.process_index()
+  if isinstance(e, ConfigError):
+    return f'process {i}: {e}'
+  return (f'process {i}: lost contact with another process of this run ({first_line(e)}); '
+          're-run the same command on every process to resume from the last checkpoint')
+
+
 def is_lead() -> bool:
   """Process 0: the one that writes the run's files."""
   return jax.process_index() == 0

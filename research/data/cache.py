@@ -9,8 +9,10 @@ import shutil
 import tempfile
 
 import numpy as np
+from absl import logging as absl_logging
 
 from research.data.sources import Corpus
+from research.errors import ConfigError
 from research.data.tokenizers import Tokenizer
 
 _FORMAT = 'tokens-v1'
@@ -79,11 +81,65 @@ def _write(corpus: Corpus, tokenizer: Tokenizer, final_dir: str) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
+def problem(final_dir: str, corpus: Corpus, tokenizer: Tokenizer):
+  """Why the cache in final_dir is not the whole cache of (corpus, tokenizer), or None if it is.
+
+  Checks what costs no pass over the tokens: meta.json names this corpus and tokenizer, and each
+  array's header and file size match the counts meta.json recorded (a truncated or replaced file
+  is caught; a same-size change inside one is not). The corpus's identity hashes its text, so an
+  edited corpus file has another cache directory altogether."""
+  try:
+    with open(os.path.join(final_dir, 'meta.json'), encoding='utf-8') as f:
+      meta = json.load(f)
+  except (OSError, ValueError) as e:
+    return f'meta.json: {e.strerror if isinstance(e, OSError) else "not valid JSON"}'
+  if (meta.get('format'), meta.get('corpus'), meta.get('tokenizer')) != (
+      _FORMAT, corpus.identity, tokenizer.identity):
+    return 'meta.json names another corpus, tokenizer or format'
+  dtype = np.dtype(_token_dtype(tokenizer.vocab_size))
+  for split in _SPLITS:
+    for name, count, want in ((f'{split}.tokens.npy', 'num_tokens', dtype),
+                              (f'{split}.doc_starts.npy', 'num_docs', None)):
+      path = os.path.join(final_dir, name)
+      try:
+        array = np.load(path, mmap_mode='r')
+        size = os.path.getsize(path)
+      except (OSError, ValueError) as e:  # missing, or shorter than its header says
+        return f'{name}: {e.strerror if isinstance(e, OSError) and e.strerror else e}'
+      expected = (meta.get(split) or {}).get(count)
+      if array.shape != (expected,) or (want is not None and array.dtype != want):
+        return f'{name} holds {array.shape} {array.dtype}, meta.json says {expected} {count}'
+      if size != array.offset + array.nbytes:
+        return f'{name} has {size} bytes, {array.offset + array.nbytes} expected'
+  return None
+
+
+def _discard(final_dir: str) -> None:
+  """Moves a damaged cache out of the way, then deletes it (a reader's open maps stay valid)."""
+  trash = f'{final_dir}.bad-{os.getpid()}'
+  try:
+    os.replace(final_dir, trash)
+  except FileNotFoundError:  # another process discarded it first
+    return
+  shutil.rmtree(trash, ignore_errors=True)
+
+
 def cached_streams(corpus: Corpus, tokenizer: Tokenizer, cache_dir: str) -> dict[str, TokenStream]:
-  """{'train', 'eval'} token streams, tokenizing into <cache_dir>/tokens/<key>/ the first time."""
+  """{'train', 'eval'} token streams, tokenizing into <cache_dir>/tokens/<key>/ the first time.
+
+  A cache that fails the checks of `problem` is rebuilt, with one warning line: it is derived
+  from the corpus, so rebuilding loses nothing."""
   final_dir = os.path.join(cache_dir, 'tokens', _key(corpus, tokenizer))
-  if not os.path.exists(os.path.join(final_dir, 'meta.json')):
+  why = problem(final_dir, corpus, tokenizer) if os.path.exists(final_dir) else 'missing'
+  if why is not None:
+    if why != 'missing':
+      absl_logging.warning('token cache %s is damaged (%s); rebuilding it', final_dir, why)
+      _discard(final_dir)
     _write(corpus, tokenizer, final_dir)
+    why = problem(final_dir, corpus, tokenizer)
+    if why is not None:
+      raise ConfigError(f'data.cache_dir={cache_dir}: the token cache {final_dir} reads back '
+                        f'damaged right after it was written ({why})')
   with open(os.path.join(final_dir, 'meta.json'), encoding='utf-8') as f:
     meta = json.load(f)
   return {split: TokenStream(

@@ -6,6 +6,14 @@ whether a model uses the middle of its context as well as its ends.
 
   [EOT] k1 : v1 ; k2 : v2 ; ... ; kN : vN ; QUERY kq :  ->  vq
 
+Training rows may ask several queries (`queries`, data.kv_queries), each a different pair, each
+answer scored, as in multi-query associative recall (Arora et al. 2023, Zoology): a row then
+teaches retrieval Q times where one query gives a single scored token, which is what lets a small
+model learn the task in a CPU budget. The first query of such a row sees exactly a one-query row,
+and the depth evaluation asks one query per row, as Liu et al. do:
+
+  [EOT] k1 : v1 ; ... ; kN : vN ; QUERY kq : vq QUERY kr : vr ...
+
 Ids 0..NUM_SYMBOLS-1 are content symbols; the rest are the special tokens below. As an example
 (research/data/features.py), everything up to the query's ':' is the inputs and the value is the
 targets, so every architecture that reads text-to-text examples can be probed. `KvTask` is the
@@ -58,26 +66,30 @@ class SyntheticTokenizer:
     return np.ones(VOCAB_SIZE, np.int32)
 
 
-def sequence_length(num_pairs: int, key_len: int, value_len: int) -> int:
-  """Tokens in one row: eot, the pairs each closed by ';', then QUERY key ':' value."""
-  return 1 + num_pairs * (key_len + 1 + value_len + 1) + 1 + key_len + 1 + value_len
+def sequence_length(num_pairs: int, key_len: int, value_len: int, queries: int = 1) -> int:
+  """Tokens in one row: eot, the pairs each closed by ';', then per query QUERY key ':' value."""
+  return 1 + num_pairs * (key_len + 1 + value_len + 1) + queries * (1 + key_len + 1 + value_len)
 
 
-def _check(*, seq_len, num_pairs, key_len, value_len, batch_size=1):
+def _check(*, seq_len, num_pairs, key_len, value_len, batch_size=1, queries=1):
   for key, value in (('data.kv_pairs', num_pairs), ('data.kv_key_len', key_len),
-                     ('data.kv_value_len', value_len), ('train.batch_size', batch_size)):
+                     ('data.kv_value_len', value_len), ('train.batch_size', batch_size),
+                     ('data.kv_queries', queries)):
     if not isinstance(value, (int, np.integer)) or value < 1:
       raise ConfigError(f'{key}={value!r}: need a positive integer')
   if num_pairs > NUM_SYMBOLS ** key_len:
     raise ConfigError(f'data.kv_pairs={num_pairs} distinct keys cannot be made from '
                       f'data.kv_key_len={key_len} of {NUM_SYMBOLS} symbols '
                       f'({NUM_SYMBOLS ** key_len} keys)')
-  need = sequence_length(num_pairs, key_len, value_len)
+  if queries > num_pairs:
+    raise ConfigError(f'data.kv_queries={queries}: each query asks a different pair, and there '
+                      f'are data.kv_pairs={num_pairs}')
+  need = sequence_length(num_pairs, key_len, value_len, queries)
   if need > seq_len + 1:  # a row holds seq_len inputs plus the last target
     raise ConfigError(f'data.seq_len={seq_len} is too short for the kv retrieval task: '
-                      f'data.kv_pairs={num_pairs} pairs with data.kv_key_len={key_len} and '
-                      f'data.kv_value_len={value_len} take {need} tokens, so data.seq_len must be '
-                      f'at least {need - 1}')
+                      f'data.kv_pairs={num_pairs} pairs with data.kv_key_len={key_len}, '
+                      f'data.kv_value_len={value_len} and data.kv_queries={queries} take {need} '
+                      f'tokens, so data.seq_len must be at least {need - 1}')
 
 
 def _distinct_codes(rng, rows: int, n: int, m: int) -> np.ndarray:
@@ -103,16 +115,19 @@ def _digits(codes, length: int) -> np.ndarray:
 
 
 def kv_example(seed: int, step: int, *, batch_size: int, seq_len: int, num_pairs: int,
-               key_len: int, value_len: int, gold=None, split: str = 'train') -> dict:
+               key_len: int, value_len: int, gold=None, split: str = 'train',
+               queries: int = 1) -> dict:
   """The global batch `step` as a text-to-text example (research/data/features.py): inputs are
-  eot, the pairs, QUERY, the queried key and ':'; targets are its value. A pure function of
-  (seed, step, split, the shape, gold).
+  eot, the pairs, QUERY, the queried key and ':'; targets are its value, then for each further
+  query QUERY key ':' value, only the values weighted (targets_weights). A pure function of
+  (seed, step, split, the shape, gold, queries).
 
-  gold=None queries a uniformly random pair per row; an int queries pair `gold` in every row. The
-  keys and values do not depend on gold, so batches at different depths differ only in the query.
+  gold=None queries a uniformly random pair per row first; an int queries pair `gold` in every
+  row. The keys and values do not depend on gold, so batches at different depths differ only in
+  the query. Further queries ask other pairs, in random order.
   """
   _check(seq_len=seq_len, num_pairs=num_pairs, key_len=key_len, value_len=value_len,
-         batch_size=batch_size)
+         batch_size=batch_size, queries=queries)
   if split not in _SPLITS:
     raise ConfigError(f'split={split!r}: want one of {sorted(_SPLITS)}')
   if gold is not None and not 0 <= gold < num_pairs:
@@ -134,41 +149,76 @@ def kv_example(seed: int, step: int, *, batch_size: int, seq_len: int, num_pairs
   inputs_BI = np.concatenate([const(EOT, b), pairs_BNP.reshape(b, -1), const(QUERY, b),
                               keys_BNK[rows_B, gold_B], const(KV_SEP, b)], axis=1)
   targets_BV = values_BNV[rows_B, gold_B]
-  # Only the query's value is scored, so the loss is the retrieval loss alone: keys and values
+  # Only the queries' values are scored, so the loss is the retrieval loss alone: keys and values
   # are random, and predicting them would only add irreducible noise to the metric.
+  example = {}
+  if queries > 1:
+    # The other pairs in random order, the first query's pair left out (drawn after everything
+    # above, so one-query rows are unchanged).
+    order_BN = np.argsort(rng.random((b, n)), axis=1)
+    rest_BR = order_BN[order_BN != gold_B[:, None]].reshape(b, n - 1)[:, :queries - 1]
+    more_BRX = np.concatenate([const(QUERY, b, queries - 1), keys_BNK[rows_B[:, None], rest_BR],
+                               const(KV_SEP, b, queries - 1), values_BNV[rows_B[:, None], rest_BR]],
+                              axis=2)
+    more_weights_BRX = np.concatenate([np.zeros((b, queries - 1, key_len + 2), np.float32),
+                                       np.ones((b, queries - 1, value_len), np.float32)], axis=2)
+    example['targets_weights'] = np.concatenate(
+        [np.ones(targets_BV.shape, np.float32), more_weights_BRX.reshape(b, -1)], axis=1)
+    targets_BV = np.concatenate([targets_BV, more_BRX.reshape(b, -1)], axis=1)
   return {'inputs': inputs_BI.astype(np.int32), 'inputs_segment_ids': np.ones_like(inputs_BI, np.int32),
           'targets': targets_BV.astype(np.int32),
-          'targets_segment_ids': np.ones_like(targets_BV, np.int32)}
+          'targets_segment_ids': np.ones_like(targets_BV, np.int32), **example}
 
 
-def example_lengths(*, seq_len: int, num_pairs: int, key_len: int, value_len: int):
+def example_lengths(*, seq_len: int, num_pairs: int, key_len: int, value_len: int,
+                    queries: int = 1):
   """The examples' lengths; a decoder-only model reads them padded to data.seq_len tokens."""
   inputs = sequence_length(num_pairs, key_len, value_len) - value_len
-  return features.ExampleLengths(inputs=inputs, targets=value_len, total=seq_len + 1)
+  targets = sequence_length(num_pairs, key_len, value_len, queries) - inputs
+  return features.ExampleLengths(inputs=inputs, targets=targets, total=seq_len + 1)
 
 
 def kv_batch(seed: int, step: int, *, batch_size: int, seq_len: int, num_pairs: int,
-             key_len: int, value_len: int, gold=None, split: str = 'train') -> dict:
+             key_len: int, value_len: int, gold=None, split: str = 'train',
+             queries: int = 1) -> dict:
   """kv_example as a decoder's Batch: inputs, targets, segment_ids, positions (int32), loss_mask
-  (float32), each (batch_size, seq_len); the loss only on the query's value."""
-  shape = dict(seq_len=seq_len, num_pairs=num_pairs, key_len=key_len, value_len=value_len)
+  (float32), each (batch_size, seq_len); the loss only on the queries' values."""
+  shape = dict(seq_len=seq_len, num_pairs=num_pairs, key_len=key_len, value_len=value_len,
+               queries=queries)
   example = kv_example(seed, step, batch_size=batch_size, gold=gold, split=split, **shape)
   return features.DecoderOnly()(example, example_lengths(**shape))
 
 
+def curriculum_pairs(step: int, *, num_pairs: int, curriculum_steps: int) -> int:
+  """Pairs per row at train step `step`. With a curriculum (curriculum_steps > 0) the rows hold
+  1, 2, ..., num_pairs pairs in equal stages over the first curriculum_steps steps, then
+  num_pairs: one pair teaches copying a value from the context, a few teach matching the key,
+  before the full task's one-in-num_pairs signal. A pure function of the step, so a resumed run
+  reads the same rows."""
+  if curriculum_steps <= 0 or step >= curriculum_steps:
+    return num_pairs
+  return 1 + step * num_pairs // curriculum_steps
+
+
 class KvLoader:
   """Endless fresh kv examples: example `step` is a pure function of (seed, step), so resuming
-  needs only the step."""
+  needs only the step. curriculum_steps > 0 grows the pairs per row (curriculum_pairs); shorter
+  rows are right-padded to the same shape."""
   num_rows = 2 ** 31  # informational: rows are generated, never repeated by design
 
   def __init__(self, *, seed: int, seq_len: int, batch_size: int, num_pairs: int, key_len: int,
-               value_len: int):
+               value_len: int, queries: int = 1, curriculum_steps: int = 0):
     _check(seq_len=seq_len, num_pairs=num_pairs, key_len=key_len, value_len=value_len,
-           batch_size=batch_size)
+           batch_size=batch_size, queries=queries)
+    if not isinstance(curriculum_steps, (int, np.integer)) or curriculum_steps < 0:
+      raise ConfigError(f'data.kv_curriculum_steps={curriculum_steps!r}: need a non-negative '
+                        'integer (0: no curriculum)')
     self.seed = seed
     self.seq_len = seq_len
     self.batch_size = batch_size
-    self.shape = dict(seq_len=seq_len, num_pairs=num_pairs, key_len=key_len, value_len=value_len)
+    self.curriculum_steps = curriculum_steps
+    self.shape = dict(seq_len=seq_len, num_pairs=num_pairs, key_len=key_len, value_len=value_len,
+                      queries=queries)
 
   def batch(self, step: int, *, process_index: int = 0, process_count: int = 1) -> dict:
     """This process's contiguous slice of global example `step`."""
@@ -178,7 +228,11 @@ class KvLoader:
     local = self.batch_size // process_count
     # Every process draws the whole global batch: rows then do not depend on the process count,
     # and drawing is cheap next to a train step.
-    full = kv_example(self.seed, step, batch_size=self.batch_size, **self.shape)
+    pairs = curriculum_pairs(step, num_pairs=self.shape['num_pairs'],
+                             curriculum_steps=self.curriculum_steps)
+    # A row of fewer pairs asks as many queries as it can.
+    full = kv_example(self.seed, step, batch_size=self.batch_size,
+                      **dict(self.shape, num_pairs=pairs, queries=min(pairs, self.shape['queries'])))
     return {k: v[process_index * local:(process_index + 1) * local] for k, v in full.items()}
 
 
@@ -206,7 +260,7 @@ class KvTask:
   def shape(config) -> dict:
     d = config.data
     return dict(seq_len=d.seq_len, num_pairs=d.kv_pairs, key_len=d.kv_key_len,
-                value_len=d.kv_value_len)
+                value_len=d.kv_value_len, queries=d.kv_queries)
 
   @staticmethod
   def example_lengths(config):
@@ -221,12 +275,17 @@ class KvTask:
     self.config = config
     self.tokenizer = SyntheticTokenizer()
     self.loader = KvLoader(seed=config.seed, batch_size=config.train.batch_size,
+                           curriculum_steps=config.data.kv_curriculum_steps,
                            **self.shape(config))
     self.split = {'source': 'kv_retrieval', 'eval': 'a disjoint random stream',
                   **self.loader.shape}
 
   def train_examples(self, step: int, process_index: int, process_count: int) -> dict:
     return self.loader.batch(step, process_index=process_index, process_count=process_count)
+
+  def epochs(self, steps: int) -> float:
+    del steps
+    return float('nan')  # fresh rows every step: nothing is ever repeated
 
   def eval_examples(self) -> list:
     c = self.config

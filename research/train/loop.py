@@ -5,9 +5,13 @@
 checkpoint saved, from which re-running the same command continues exactly.
 """
 
+import contextlib
+import fcntl
 import json
+import math
 import os
 import shutil
+import socket
 import threading
 import time
 
@@ -19,7 +23,7 @@ import numpy as np
 from research import config as config_lib
 from research import distributed, parallel
 from research.data import pipeline
-from research.errors import ConfigError
+from research.errors import ConfigError, RunError, write_errors
 from research.model import decode
 from research.train import checkpoint as ckpt_lib
 from research.train import flops as flops_lib
@@ -29,7 +33,8 @@ from research.train import step as step_lib
 from research.train.trainer import check_batch, make_trainer
 
 RUN_FILES = ('config.json', 'metrics.jsonl', 'summary.json', 'data_split.json', 'samples.txt',
-             'tokenizer.tiktoken', 'tokenizer.tiktoken.json', 'checkpoints')
+             'tokenizer.tiktoken', 'tokenizer.tiktoken.json', 'checkpoints',
+             'checkpoints_skipped')
 
 
 class Reporter:
@@ -69,9 +74,85 @@ def clear_run(workdir: str) -> None:
       shutil.rmtree(p) if os.path.isdir(p) else os.remove(p)
 
 
+class WorkdirLock:
+  """An exclusive flock on <workdir>/.lock while a run trains there. The kernel drops it when its
+  holder exits or is killed, so a dead run never blocks the next launch."""
+
+  def __init__(self, workdir: str, shown_as: str):
+    path = os.path.join(workdir, '.lock')
+    with write_errors(path):
+      self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      holder = os.read(self.fd, 200).decode(errors='replace').strip() or 'another process'
+      os.close(self.fd)
+      raise RunError(f'--workdir={shown_as} is in use: {holder} is training in it (it holds '
+                     f'{path}); wait for it to finish, or stop it first') from None
+    except OSError:  # a filesystem without flock (some network mounts): run unlocked
+      pass
+    os.ftruncate(self.fd, 0)
+    os.write(self.fd, f'process {os.getpid()} on {socket.gethostname()}\n'.encode())
+
+  def release(self) -> None:
+    os.close(self.fd)
+
+
+class NonFiniteGuard:
+  """Stops the run at a step whose metrics (loss, gradient norm) are NaN or infinite, or, with
+  train.skip_nonfinite=N, counts the steps the train step skipped and stops at the (N+1)-th in
+  a row. The steps' metrics are fetched together at the next log, eval or save, where the loop
+  waits for the device anyway, and checked before anything of those steps is written or saved."""
+
+  def __init__(self, skip: int, checkpoints: str, *, skipped: int = 0, streak: int = 0):
+    self.skip, self.checkpoints = skip, checkpoints
+    self.skipped, self.streak = skipped, streak  # carried in the checkpoint across a resume
+    self.pending = []
+
+  def add(self, step: int, metrics) -> None:
+    self.pending.append((step, metrics))
+
+  def check(self, last_saved) -> None:
+    values = jax.device_get([m for _, m in self.pending])
+    steps = [s for s, _ in self.pending]
+    self.pending = []
+    for step, v in zip(steps, values):
+      names = sorted((k for k in v if k != 'skipped'), key=lambda k: (k != 'loss', k))
+      bad = next((k for k in names if not math.isfinite(float(v[k]))), None)
+      if self.skip:
+        if not v['skipped']:
+          self.streak = 0
+          continue
+        self.skipped += 1
+        self.streak += 1
+        if self.streak <= self.skip:
+          continue
+        what = (f'{bad} is {float(v[bad])}, non-finite for {self.streak} steps in a row '
+                f'(train.skip_nonfinite={self.skip})')
+        hint = ''
+      elif bad is None:
+        continue
+      else:
+        what = f'{bad} is {float(v[bad])}'
+        hint = ('. Lower train.learning_rate, or set train.skip_nonfinite=N to skip up to N such '
+                'steps in a row')
+      kept = (f'the last checkpoint is step {last_saved} in {self.checkpoints}'
+              if last_saved is not None else 'no checkpoint was saved')
+      raise RunError(f'step {step}: {what}; stopped, saving nothing after it ({kept}){hint}')
+
+  def counters(self) -> dict:
+    return {'skipped_steps': self.skipped, 'nonfinite_streak': self.streak}
+
+
 def train(config, workdir: str, *, overwrite: bool = False, reporter: Reporter | None = None,
           stop: threading.Event | None = None) -> dict:
   """Runs (or resumes) the run in workdir; returns summary.json's content."""
+  # The workdir lock, the checkpointer and the metrics file are released however the run ends.
+  with contextlib.ExitStack() as held:
+    return _train(config, workdir, overwrite=overwrite, reporter=reporter, stop=stop, held=held)
+
+
+def _train(config, workdir: str, *, overwrite: bool, reporter, stop, held) -> dict:
   reporter = reporter or Reporter()
   stop = stop or threading.Event()
   config_lib.validate(config)
@@ -94,35 +175,56 @@ def train(config, workdir: str, *, overwrite: bool = False, reporter: Reporter |
   tr = make_trainer(resolved, mesh)
   model, cfg = tr.model, tr.cfg
   lead = distributed.is_lead()
+  refused = None
   if lead:
     try:
       os.makedirs(workdir, exist_ok=True)
     except OSError as e:
       raise ConfigError(f'--workdir={given_workdir}: cannot create it ({e.strerror})') from None
+    try:  # process 0 alone: the workdir is one directory that every process shares
+      held.callback(WorkdirLock(workdir, given_workdir).release)
+    except RunError as e:
+      refused = e
+  if distributed.any_process(refused is not None):  # every process stops, not only process 0
+    raise refused or RunError(f'--workdir={given_workdir} is in use by another run')
+  if lead:
     if not resume:
       clear_run(workdir)
-    _write_json(os.path.join(workdir, 'config.json'), config_lib.normalized(resolved))
-    _write_json(os.path.join(workdir, 'data_split.json'), data.split)
-    ranks = getattr(data.tokenizer, 'path', None)
-    if ranks:  # the run carries its tokenizer, so it can be read without the cache
-      shutil.copyfile(ranks, os.path.join(workdir, 'tokenizer.tiktoken'))
-      if os.path.exists(ranks + '.json'):
-        shutil.copyfile(ranks + '.json', os.path.join(workdir, 'tokenizer.tiktoken.json'))
+    with write_errors(f'the run files in {workdir}'):
+      _write_json(os.path.join(workdir, 'config.json'), config_lib.normalized(resolved))
+      _write_json(os.path.join(workdir, 'data_split.json'), data.split)
+      ranks = getattr(data.tokenizer, 'path', None)
+      if ranks:  # the run carries its tokenizer, so it can be read without the cache
+        shutil.copyfile(ranks, os.path.join(workdir, 'tokenizer.tiktoken'))
+        if os.path.exists(ranks + '.json'):
+          shutil.copyfile(ranks + '.json', os.path.join(workdir, 'tokenizer.tiktoken.json'))
   distributed.sync('workdir ready')
   reporter.message(f'data ready in {time.time() - t0:.1f}s: tokenizer {data.tokenizer.name} '
                    f'({data.tokenizer.vocab_size} tokens), rows of {config.data.seq_len}, '
                    f'{len(data.eval_batches)} eval batches')
   with nn.logical_axis_rules(tr.rules):
-    ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'),
-                                 keep=resolved.checkpoint.keep)
-    start = ckpt.latest_step() if resume else None
-    if start is not None:
+    ckpt_dir = os.path.join(workdir, 'checkpoints')
+    # This run owns the workdir (its lock): it may remove the half-written saves of a killed one.
+    ckpt = ckpt_lib.Checkpointer(ckpt_dir, keep=resolved.checkpoint.keep, cleanup=True)
+    held.callback(ckpt.abandon)
+    found, loader_pos = None, {}
+    if resume:
       abstract = ckpt_lib.abstract_like(tr.init.eval_shape(jax.random.PRNGKey(0)),
                                         tr.state_sh)
-      state, loader_pos = ckpt.restore(start, abstract)
+      found = ckpt.restore_latest(abstract)
+    if found is not None:
+      start, state, loader_pos, skipped = found
+      aside = os.path.join(workdir, 'checkpoints_skipped')
+      for bad, reason in skipped:
+        reporter.message(f'warning: checkpoint {bad} in {ckpt_dir} does not restore ({reason}); '
+                         f'moved to {aside}/{bad}, resuming from step {start}')
+        ckpt.set_aside(bad, aside)  # so that step is saved anew
       if loader_pos['step'] != start or loader_pos['seed'] != resolved.seed:
         raise ConfigError(f'checkpoint {start} in {workdir} does not match this run')
       reporter.message(f'resumed from the checkpoint at step {start}')
+    elif resolved.train.init_from:
+      state, start = ckpt_lib.restore_branch(resolved.train.init_from, tr, seed=resolved.seed)
+      reporter.message(f'branched from {resolved.train.init_from}')
     else:
       start = 0
       state = tr.init(jax.random.PRNGKey(resolved.seed))
@@ -161,9 +263,17 @@ def train(config, workdir: str, *, overwrite: bool = False, reporter: Reporter |
       return step_lib.eval_metrics(jax.device_get(sums))
 
     writer = metrics_lib.MetricsWriter(workdir, resume_step=start, enabled=lead)
+    held.callback(writer.close)
+    skip = resolved.train.skip_nonfinite
+    guard = NonFiniteGuard(skip, ckpt_dir, skipped=loader_pos.get('skipped_steps', 0),
+                           streak=loader_pos.get('nonfinite_streak', 0))
+
+    def save(step):
+      ckpt.save(step, state, {'step': step, 'seed': resolved.seed, **guard.counters()})
     log_every, eval_every = resolved.train.log_every, resolved.eval.every_steps
     ckpt_every = resolved.checkpoint.every_steps
     reporter.start(first_step=start, total_steps=total)
+    held.callback(reporter.close)  # a progress bar ends its line before any error is printed
     last_eval = None
     window_t, window_steps = time.time(), 0
     step = start
@@ -177,15 +287,22 @@ def train(config, workdir: str, *, overwrite: bool = False, reporter: Reporter |
       state, m = compiled(state, batch)
       step += 1
       window_steps += 1
+      guard.add(step, m)
       if step < total:
         next_batch = batch_at(step)  # built while the device runs this step
+      if step % log_every == 0 or step % eval_every == 0 or step % ckpt_every == 0 or \
+          step == total:
+        guard.check(ckpt.latest_step())  # before anything of these steps is written or saved
+        ckpt.check()  # a background save that failed (a full disk) stops the run here
       if step % log_every == 0 or step == total:
-        s, row = step, {k: float(v) for k, v in jax.device_get(m).items()}
+        s, row = step, {k: float(v) for k, v in jax.device_get(m).items() if k != 'skipped'}
         elapsed = time.time() - window_t
         train_time += elapsed
         tps = window_steps * tokens_per_step / max(elapsed, 1e-9)
         row.update(learning_rate=float(schedule(s - 1)), tokens_per_sec=tps,
                    mfu=tps * flops_per_token / peak)
+        if skip:
+          row['skipped_steps'] = guard.skipped  # so far in the run
         writer.write(s, 'train', row)
         reporter.train(s, row)
         window_steps = 0
@@ -195,11 +312,12 @@ def train(config, workdir: str, *, overwrite: bool = False, reporter: Reporter |
         writer.write(step, 'eval', last_eval)
         reporter.eval(step, last_eval)
       if step % ckpt_every == 0 or step == total:
-        ckpt.save(step, state, {'step': step, 'seed': resolved.seed})
+        save(step)
       if step % log_every == 0 or step == total:
         window_t = time.time()
     if step < total:  # stopped early; saves nothing when this step is already saved
-      ckpt.save(step, state, {'step': step, 'seed': resolved.seed})
+      guard.check(ckpt.latest_step())
+      save(step)
     ckpt.close()
     writer.close()
     reporter.close()
@@ -212,6 +330,7 @@ def train(config, workdir: str, *, overwrite: bool = False, reporter: Reporter |
     summary = {
         'step': step, 'eval': last_eval, 'num_params': num_params,
         'tokens_seen': step * tokens_per_step, 'flops_per_token': flops_per_token,
+        'epochs': data.epochs(step),
         'compile_seconds': compile_s, 'wall_seconds': time.time() - t0,
         'train_seconds_this_launch': train_time,
         'tokenizer': data.tokenizer.name, 'vocab_size': data.tokenizer.vocab_size,
@@ -220,24 +339,25 @@ def train(config, workdir: str, *, overwrite: bool = False, reporter: Reporter |
     }
     if resolved.sample.num_samples:
       summary['samples'] = sample_text(tr, state.params, data, resolved)
+    if skip:
+      summary['skipped_steps'] = guard.skipped
     if lead:
-      _write_json(os.path.join(workdir, 'summary.json'), summary)
-      if summary.get('samples'):
-        with open(os.path.join(workdir, 'samples.txt'), 'w') as f:
-          f.write('\n\n'.join(summary['samples']) + '\n')
+      with write_errors(f'the run files in {workdir}'):
+        if summary.get('samples'):
+          with open(os.path.join(workdir, 'samples.txt'), 'w') as f:
+            f.write('\n\n'.join(summary['samples']) + '\n')
+        # Last: a summary.json marks the run finished.
+        _write_json(os.path.join(workdir, 'summary.json'), summary)
     return summary
 
 
 def sample_text(tr, params, data, resolved) -> list:
-  s, tokenizer = resolved.sample, data.tokenizer
-  prompt = tokenizer.encode(s.prompt) if s.prompt else []
-  rows = decode.generate(tr.model, params, [tokenizer.eot_id] + prompt,
-                         converter=data.converter, model_lengths=tr.lengths,
-                         num_samples=s.num_samples,
-                         max_new_tokens=s.max_new_tokens, temperature=s.temperature,
-                         seed=resolved.seed, eot_id=tokenizer.eot_id,
-                         vocab_size=tokenizer.sample_vocab_size)
-  return [s.prompt + tokenizer.decode(r) for r in rows]
+  """The end-of-run samples: launch.sample's cached decoding with the run's sample.* settings."""
+  s = resolved.sample
+  return decode.sample_texts(tr.model, params, [s.prompt], tokenizer=data.tokenizer,
+                             converter=data.converter, num_samples=s.num_samples,
+                             max_new_tokens=s.max_new_tokens, temperature=s.temperature,
+                             seed=resolved.seed, fit=True)[0]
 
 
 def _write_json(path: str, obj) -> None:

@@ -56,7 +56,22 @@ def train_step(state: TrainState, batch, *, model, tx, train_cfg, seed: int):
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = {'loss': nll, 'grad_norm': optax.global_norm(grads)}
-  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+  if train_cfg.skip_nonfinite:
+    finite = jnp.all(jnp.stack([jnp.isfinite(v) for v in metrics.values()]))
+    new_state = keep_unless(finite, new_state, state)
+    metrics['skipped'] = jnp.logical_not(finite).astype(jnp.float32)
+  return new_state, metrics
+
+
+def keep_unless(finite, new_state, old_state):
+  """new_state if finite, else old_state's parameters and optimizer moments with new_state's
+  step counts (TrainState.step and optax's `count`s): a skipped step still counts, so the
+  learning-rate schedule and the dropout noise go on as in a run without the skip."""
+  def pick(path, new, old):
+    name = getattr(path[-1], 'name', None)
+    return new if name in ('step', 'count') else jnp.where(finite, new, old)
+  return jax.tree_util.tree_map_with_path(pick, new_state, old_state)
 
 
 def eval_step(params, batch, token_bytes_V, *, model):
