@@ -30,70 +30,6 @@ _CONFIG = config_flags.DEFINE_config_file('config', None, 'experiment config fil
 _WORKDIR = flags.DEFINE_string('workdir', None, 'sweep directory; one subdirectory per arm')
 _PROGRESS = flags.DEFINE_bool('progress', True, 'draw a progress bar on stderr')
 _ONLY = flags.DEFINE_list('only', [], 'run just these arms (names)')
-_PARALLEL = flags.DEFINE_integer('parallel', 1, 'arms trained at once, each a launch.train '
-                                 'process on its share of the cores (1: one after another)')
-
-
-def _flag_value(value) -> str:
-  return str(tuple(value)) if isinstance(value, list) else str(value)
-
-
-def run_parallel(arms_configs, sweep_dir: str, parallel: int, report, stop) -> bool:
-  """Trains the arms `parallel` at a time, each `python -m launch.train` pinned to its share of
-  the cores; an arm that branches from another (train.init_from) or that its report kind holds
-  back (report.waits_for_earlier) starts once those have finished. Returns False if stopped or
-  an arm failed (its log, <arm>/launch.log, says why)."""
-  import subprocess
-  import time
-  cores = sorted(os.sched_getaffinity(0))
-  shares = [cores[i::parallel] for i in range(min(parallel, len(cores)))]
-  base_args = [a for a in sys.argv[1:] if a.startswith('--config')]
-  done = lambda name: os.path.exists(os.path.join(sweep_dir, name, 'summary.json'))  # noqa: E731
-  pending = list(arms_configs)
-  running = {}  # share index -> (arm, process)
-  ok = True
-  while (pending or running) and not stop.is_set():
-    for i, (arm, proc) in list(running.items()):
-      if proc.poll() is not None:
-        del running[i]
-        print(f'finished {arm.name} (exit {proc.returncode})', file=sys.stderr)
-        ok &= proc.returncode == 0
-    free = [i for i in range(len(shares)) if i not in running]
-    for arm, config in list(pending):
-      if not free or not ok:
-        break
-      names = [a.name for a, _ in arms_configs]
-      earlier = names[:names.index(arm.name)]
-      parent = os.path.basename(config.train.init_from.rpartition(':')[0])
-      if (parent and not done(parent)) or (
-          report.waits_for_earlier(sweep_dir, arm.name) and not all(map(done, earlier))):
-        continue
-      pending.remove((arm, config))
-      if not done(arm.name):
-        report.before_arm(sweep_dir, arm.name, config)
-      workdir = os.path.join(sweep_dir, arm.name)
-      os.makedirs(workdir, exist_ok=True)
-      overrides = [f'--config.{k}={_flag_value(v)}' for k, v in config_flat_overrides(arm, config)]
-      share = shares[free.pop(0)]
-      log = open(os.path.join(workdir, 'launch.log'), 'a')
-      proc = subprocess.Popen(
-          [sys.executable, '-m', 'launch.train', *base_args, *overrides, f'--workdir={workdir}',
-           '--progress=false'], stdout=log, stderr=subprocess.STDOUT,
-          preexec_fn=lambda share=share: os.sched_setaffinity(0, share))
-      running[shares.index(share)] = (arm, proc)
-      print(f'started {arm.name} on cores {share}', file=sys.stderr)
-    time.sleep(0.2)
-  for _, proc in running.values():  # stopped: the arms save a checkpoint and exit
-    proc.send_signal(signal.SIGTERM)
-    proc.wait()
-  return ok and not stop.is_set()
-
-
-def config_flat_overrides(arm, config):
-  """The arm's overrides as (key, value) of its resolved config ({sweep} filled in)."""
-  from research import config as config_lib
-  flat = config_lib.flat(config)
-  return [(k, flat[k]) for k in arm.overrides]
 
 
 def main(argv):
@@ -119,7 +55,8 @@ def main(argv):
     if unknown:
       cli.fail(f'--only: no arms named {", ".join(sorted(unknown))}')
     arms = [a for a in arms if a.name in _ONLY.value]
-  configs = [(a, sweep.arm_config(base, a, _WORKDIR.value)) for a in arms]  # every arm checked before any runs
+  # Every arm is checked before any runs.
+  configs = [(a, sweep.arm_config(base, a, _WORKDIR.value)) for a in arms]
   evaluation = dict(getattr(module, 'EVALUATE', None) or {})
   kind = evaluation.pop('kind', '')
 
@@ -146,14 +83,6 @@ def main(argv):
 
   signal.signal(signal.SIGTERM, on_signal)
   signal.signal(signal.SIGINT, on_signal)
-  if _PARALLEL.value < 1:
-    cli.fail(f'--parallel={_PARALLEL.value}: must be at least 1')
-  if _PARALLEL.value > 1:
-    if not run_parallel(configs, _WORKDIR.value, _PARALLEL.value, report, stop):
-      print('stopped, or an arm failed (see its launch.log); re-run the same command to '
-            'continue the sweep', file=sys.stderr)
-      return
-    # Then one after another as below: finished arms are skipped; each is evaluated.
   for i, (arm, config) in enumerate(configs):
     print(f'[{i + 1}/{len(configs)}] {arm.name}', file=sys.stderr)
     workdir = os.path.join(_WORKDIR.value, arm.name)

@@ -49,15 +49,6 @@ def before_arm(workdir: str, arm: str, config) -> None:
     hook(workdir, arm, config)
 
 
-def waits_for_earlier(workdir: str, arm: str) -> bool:
-  """Whether the arm must start only after every earlier arm has finished (launch.sweep
-  --parallel): the scaling report's held-out arm, whose prediction uses all the others."""
-  spec = read_sweep(workdir)
-  kind = (spec.get('report') or {}).get('kind')
-  hook = getattr(kind_module(kind), 'waits_for_earlier', None) if kind else None
-  return bool(hook and hook(workdir, arm))
-
-
 def write_report(workdir: str) -> dict:
   """Writes <workdir>/report.md and its plots; returns their paths and the main table."""
   return kind_module(report_kind(workdir)).write(workdir)

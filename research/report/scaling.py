@@ -236,11 +236,6 @@ def _held_out_arms(spec) -> list:
   return [e['name'] for e in spec['arms'] if (e.get('group') or e['name']) == r.get('held_out')]
 
 
-def waits_for_earlier(workdir: str, arm_name: str) -> bool:
-  """The held-out arm starts after all the others: its prediction is fitted on them."""
-  return arm_name in _held_out_arms(read_sweep(workdir))
-
-
 def before_arm(workdir: str, arm_name: str, config) -> None:
   """Called by launch.sweep before each arm (config: the arm's): writes the held-out prediction
   before its arm trains (once; an existing prediction is never rewritten)."""
