@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import ROOT, TINY, cli_env, run_cli
-from tests.test_cli import metrics, one_line_error, train_args
+from tests.test_cli import finished_run, metrics, one_line_error, train_args
+from tests.test_sweep import CONFIG as SWEEP_CONFIG
 
 
 @pytest.fixture(scope='module', autouse=True)
@@ -396,10 +397,7 @@ SLOW_STEPS = 60
 @pytest.fixture(scope='module')
 def whole_cli_run(tmp_path_factory, cache_dir):
   """The uninterrupted launch.train run that the interrupted ones must equal."""
-  whole = str(tmp_path_factory.mktemp('whole_cli') / 'whole')
-  r = run_cli('launch.train', *train_args(whole, cache_dir, steps=SLOW_STEPS))
-  assert r.returncode == 0, r.stderr
-  return whole
+  return finished_run(tmp_path_factory, cache_dir, 'whole_cli', SLOW_STEPS)
 
 
 # What a run prints before anything can go wrong: its start and its progress (and orbax's
@@ -526,24 +524,10 @@ def test_full_disk_through_the_cli_is_one_line(small_fs, cache_dir):
   metrics(workdir)  # every row parses
 
 
-SWEEP = '''
-from research.config import default_config
+# test_sweep.py's two-arm sweep, long enough to be killed in the middle of an arm.
+SWEEP = SWEEP_CONFIG.replace('c.train.steps = 6', 'c.train.steps = 100')
+assert 'c.train.steps = 100' in SWEEP
 
-EVALUATE = dict(lengths='1x,2x', stride=0.5, max_tokens=512)
-
-
-def get_config(arg=None):
-  c = default_config()
-  c.train.steps = 100
-  c.train.warmup_steps = 1
-  c.sample.num_samples = 0
-  return c
-
-
-def sweep(add, arg):
-  for scheme in ('rope', 'alibi'):
-    add(name=scheme + '-s0', group=scheme, **{'model.positional': scheme, 'seed': 0})
-'''
 
 
 def report_tables(workdir):
