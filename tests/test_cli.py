@@ -77,7 +77,7 @@ def test_rerun_of_finished_run_does_nothing(finished_run, cache_dir):
 RESUME_STEPS = 200
 
 
-def finished_run(tmp_path_factory, cache_dir, name: str, steps: int) -> str:
+def uninterrupted_run(tmp_path_factory, cache_dir, name: str, steps: int) -> str:
   """The workdir of an uninterrupted launch.train run of `steps` steps, for resumes to equal."""
   whole = str(tmp_path_factory.mktemp(name) / 'whole')
   r = run_cli('launch.train', *train_args(whole, cache_dir, steps=steps))
@@ -88,7 +88,7 @@ def finished_run(tmp_path_factory, cache_dir, name: str, steps: int) -> str:
 @pytest.fixture(scope='module')
 def whole_run(tmp_path_factory, cache_dir):
   """The uninterrupted run both interruptions are compared with."""
-  return finished_run(tmp_path_factory, cache_dir, 'whole', RESUME_STEPS)
+  return uninterrupted_run(tmp_path_factory, cache_dir, 'whole', RESUME_STEPS)
 
 
 @pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGKILL])

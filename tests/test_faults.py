@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import ROOT, TINY, cli_env, run_cli
-from tests.test_cli import finished_run, metrics, one_line_error, train_args
+from tests.test_cli import uninterrupted_run, metrics, one_line_error, train_args
 from tests.test_sweep import CONFIG as SWEEP_CONFIG
 
 
@@ -397,7 +397,7 @@ SLOW_STEPS = 60
 @pytest.fixture(scope='module')
 def whole_cli_run(tmp_path_factory, cache_dir):
   """The uninterrupted launch.train run that the interrupted ones must equal."""
-  return finished_run(tmp_path_factory, cache_dir, 'whole_cli', SLOW_STEPS)
+  return uninterrupted_run(tmp_path_factory, cache_dir, 'whole_cli', SLOW_STEPS)
 
 
 # What a run prints before anything can go wrong: its start and its progress (and orbax's
