@@ -1,9 +1,9 @@
 """Trains one tiny model on several meshes of 8 simulated CPU devices; prints JSON.
 
 Run by tests/test_sharding.py in a subprocess, because the device count is fixed when jax starts:
-  XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m tests.mesh_worker CACHE_DIR STEPS
-Meshes (data, fsdp, tensor): one device, then (8,1,1), (2,4,1), (2,2,2), (1,1,8), all with the
-default mesh.rules. For each: the loss at every step, the final eval loss, and the global and
+  XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m tests.mesh_worker CACHE_DIR STEPS [MESHES]
+Meshes (data, fsdp, tensor): one device, then those named (MESHES, e.g. 2x2x2,8x1x1; by default
+(8,1,1), (2,4,1), (2,2,2), (1,1,8)), all with the default mesh.rules. For each: the loss at every step, the final eval loss, and the global and
 per-device shapes of a few parameters.
 """
 
@@ -18,7 +18,7 @@ from research import parallel
 from research.data import pipeline
 from research.train import step as step_lib, trainer
 
-MESHES = ((1, 1, 1), (8, 1, 1), (2, 4, 1), (2, 2, 2), (1, 1, 8))
+MESHES = ((8, 1, 1), (2, 4, 1), (2, 2, 2), (1, 1, 8))
 WATCHED = ("['embed']['embedding']", "['layers']['attention']['query']['kernel']",
            "['layers']['mlp']['wi']['kernel']", "['layers']['norm_mlp']['scale']")
 
@@ -34,13 +34,13 @@ def tiny_config(cache_dir: str):
   return c
 
 
-def main(cache_dir: str, steps: int) -> dict:
+def main(cache_dir: str, steps: int, meshes=MESHES) -> dict:
   config = tiny_config(cache_dir)
   data = pipeline.prepare(config)
   resolved = config_lib.resolve(config, vocab_size=data.tokenizer.vocab_size)
   token_bytes = data.tokenizer.token_byte_lengths().astype(np.float32)
   out = {}
-  for shape in MESHES:
+  for shape in ((1, 1, 1),) + tuple(meshes):
     devices = jax.devices()[:int(np.prod(shape))]
     mesh = parallel.make_mesh(shape, devices)
     config.mesh.shape = shape
@@ -71,4 +71,5 @@ def main(cache_dir: str, steps: int) -> dict:
 
 
 if __name__ == '__main__':
-  print(json.dumps(main(sys.argv[1], int(sys.argv[2]))))
+  named = [tuple(int(n) for n in m.split('x')) for m in sys.argv[3].split(',')] if sys.argv[3:] else MESHES
+  print(json.dumps(main(sys.argv[1], int(sys.argv[2]), named)))

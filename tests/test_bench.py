@@ -2,12 +2,15 @@
 
 import json
 
+import pytest
+
 from research import config as config_lib
 from research.model.transformer import ModelConfig
 from research.train import flops
 from tests.conftest import TINY, run_cli
 
 
+@pytest.mark.slow
 def test_bench_reports_consistent_figures(tmp_path, cache_dir):
   corpus = tmp_path / 'docs.jsonl'
   lines = [json.dumps({'body': f'Document {i}: ' + 'the quick brown fox jumps. ' * (20 + i)})
@@ -38,6 +41,7 @@ def test_bench_reports_consistent_figures(tmp_path, cache_dir):
   assert out['matmul_peak_flops'] > 1e9 and out['loader_batches_per_sec'] > 0
 
 
+@pytest.mark.slow
 def test_vs_decoder_picks_the_decoder_nearest_the_encoder_decoder_in_parameters(tmp_path):
   """--vs_decoder's decoder: the same width and objective, the depth whose parameter count is
   nearest the encoder-decoder's (an encoder layer and a decoder layer with cross-attention weigh

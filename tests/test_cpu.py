@@ -8,6 +8,7 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import pytest
 
 from experiments.positional import lost_in_middle
 from research import config as config_lib, cpu, parallel
@@ -23,6 +24,8 @@ if sys.argv[1] == 'keep':
   from research import cpu
   assert cpu.keep_freed_memory()
 import jax, jax.numpy as jnp
+
+import pytest
 f = jax.jit(lambda x: jnp.cumsum(jnp.sin(x), axis=0)[-1].sum())
 x = jnp.ones((2048, 4096))
 # Kept: the heap grows over the first calls to what overlapping calls need (measured: no new
@@ -48,6 +51,7 @@ def _faults_per_call(mode, warmup, windows):
   return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_keep_freed_memory_stops_the_page_faults_of_each_call():
   default, kept = _faults_per_call('default', 2, 1), _faults_per_call('keep', 60, 4)
   assert default > 4000  # 32 MB of 4 KiB pages faulted again every call
@@ -63,6 +67,7 @@ def _step_temp_bytes(config):
   return tr.train_fn.lower(state, batch).compile().memory_analysis().temp_size_in_bytes
 
 
+@pytest.mark.slow
 def test_large_temporaries_estimate_agrees_with_the_compiled_step():
   """The config-only estimate that decides the malloc setting sides with XLA's real buffer."""
   wide = lost_in_middle.get_config('cpu')  # 2 layers, d_model 128, 128 x 32 tokens

@@ -276,6 +276,7 @@ def tiny_run(tmp_path_factory, cache_dir):
   return workdir
 
 
+@pytest.mark.slow
 def test_launch_sample_prints_the_runs_samples_and_beams(tiny_run, tmp_path):
   r = run_cli('launch.sample', f'--workdir={tiny_run}')
   assert r.returncode == 0, r.stderr

@@ -34,6 +34,7 @@ def close(rows_a, rows_b):
         assert a[k] == b[k], (a['step'], k)
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_and_resume_after_sigterm(tmp_path, cache_dir):
   """2 processes x 1 device = the 1-process run; SIGTERM to the cluster checkpoints collectively
   and the same command resumes it; only process 0 writes the run's files."""

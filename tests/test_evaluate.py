@@ -4,10 +4,12 @@ import json
 import os
 
 import numpy as np
+import pytest
 
 from tests.conftest import ROOT, TINY, run_cli
 
 
+@pytest.mark.slow
 def test_evaluate_lengths_matches_training_eval(tmp_path, cache_dir):
   workdir = str(tmp_path / 'run')
   # Every held-out row is evaluated in training, so the two evaluations score the same tokens.

@@ -1,5 +1,6 @@
 """The decoder's behaviour: masking, packing, switches, and logical axes on every parameter."""
 
+import functools
 import types
 
 import flax.linen as nn
@@ -18,8 +19,7 @@ V, T = 50, 12
 
 
 def make(**model):
-  """A 2-layer model and its parameters. Layers as a Python loop unless scan_layers is given:
-  these tests run eagerly, where each call of a scanned model compiles its body again."""
+  """A 2-layer model and its parameters, layers as a Python loop unless scan_layers is given."""
   c = config_lib.default_config()
   c.model.num_layers, c.model.d_model, c.model.num_heads = 2, 32, 4
   c.model.scan_layers = False
@@ -43,8 +43,15 @@ def batch_of(tokens, segments=None, positions=None):
   return {'inputs': tokens, 'positions': positions, 'segment_ids': segments}
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _apply(model, params, batch):
+  return model.apply({'params': params}, batch)
+
+
 def logits(model, params, tokens, segments=None, positions=None):
-  return model.apply({'params': params}, batch_of(tokens, segments, positions))
+  # One compiled forward per model: op-by-op dispatch of the eager forward took most of these
+  # tests' time.
+  return _apply(model, params, batch_of(tokens, segments, positions))
 
 
 SWITCHES = [
@@ -185,6 +192,7 @@ def test_scanned_layers_equal_the_python_loop():
   assert spec == jax.sharding.PartitionSpec('layers', 'embed', 'heads', 'kv')
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('policy,scan_layers', [('full', True)])
 def test_remat_keeps_values_and_gradients(policy, scan_layers):
   plain, params = make(scan_layers=scan_layers)
@@ -200,7 +208,8 @@ def test_remat_keeps_values_and_gradients(policy, scan_layers):
     np.testing.assert_allclose(a, b, atol=1e-6)
 
 
-@pytest.mark.parametrize('positional', ['rope', 'alibi', 'shaw'])
+@pytest.mark.parametrize('positional', ['rope', pytest.param('alibi', marks=pytest.mark.slow),
+                                        pytest.param('shaw', marks=pytest.mark.slow)])
 def test_attention_impls_give_the_same_values(positional):
   """Every model.attention_impl computes the same function and gradient, on packed rows with
   padding: with rotated q/k (rope), a logits bias (alibi, as t5_bias) and relative key/value
