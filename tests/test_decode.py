@@ -294,6 +294,7 @@ def test_launch_sample_prints_the_runs_samples_and_beams(tiny_run, tmp_path):
              zip(blocks, ['In the beginning'] * 2 + ['And God said'] * 2))
 
 
+@pytest.mark.slow
 def test_launch_sample_bad_inputs_one_line_exit_2(tiny_run, tmp_path):
   empty = tmp_path / 'empty.txt'
   empty.write_text('\n  \n')

@@ -141,6 +141,7 @@ def test_nonfinite_loss_stops_at_its_step_and_saves_nothing_after(tmp_path, cach
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
 
 
+@pytest.mark.slow
 def test_skip_nonfinite_skips_the_update_counts_the_step_and_stops_after_n_in_a_row(
     tmp_path, cache_dir, corpus):
   """train.skip_nonfinite=3: steps 2, 3, 4 are skipped (their update not applied, the step and
@@ -191,6 +192,7 @@ def whole_run(tmp_path_factory, cache_dir, corpus):
   return whole
 
 
+@pytest.mark.slow
 def test_damaged_latest_checkpoint_falls_back_to_the_one_before(tmp_path, cache_dir, corpus,
                                                                 whole_run):
   """The run killed between its step-30 checkpoint and its summary, then checkpoint 30's array

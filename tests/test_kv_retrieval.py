@@ -117,6 +117,7 @@ def test_exact_match_counts_whole_values():
   np.testing.assert_array_equal(kv_depths._exact_match(logits, targets, mask), [True, False, True])
 
 
+@pytest.mark.slow
 def test_depth_accuracy_on_untrained_model():
   c = config_lib.default_config()
   c.model.num_layers, c.model.d_model, c.model.num_heads = 1, 32, 2
