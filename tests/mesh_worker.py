@@ -3,8 +3,8 @@
 Run by tests/test_sharding.py in a subprocess, because the device count is fixed when jax starts:
   XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m tests.mesh_worker CACHE_DIR STEPS [MESHES]
 Meshes (data, fsdp, tensor): one device, then those named (MESHES, e.g. 2x2x2,8x1x1; by default
-(8,1,1), (2,4,1), (2,2,2), (1,1,8)), all with the default mesh.rules. For each: the loss at every step, the final eval loss, and the global and
-per-device shapes of a few parameters.
+(8,1,1), (2,4,1), (2,2,2), (1,1,8)), all with the default mesh.rules. For each: the loss at every
+step, the final eval loss, and the global and per-device shapes of a few parameters.
 """
 
 import json
@@ -71,5 +71,6 @@ def main(cache_dir: str, steps: int, meshes=MESHES) -> dict:
 
 
 if __name__ == '__main__':
-  named = [tuple(int(n) for n in m.split('x')) for m in sys.argv[3].split(',')] if sys.argv[3:] else MESHES
+  named = ([tuple(int(n) for n in m.split('x')) for m in sys.argv[3].split(',')] if sys.argv[3:]
+           else MESHES)
   print(json.dumps(main(sys.argv[1], int(sys.argv[2]), named)))

@@ -93,7 +93,8 @@ def whole_run(tmp_path_factory, cache_dir):
 
 # The default suite keeps SIGKILL (resume from the last checkpoint); SIGTERM's checkpoint on exit
 # runs with the slow tests, here and in the 2-process and objective CLI tests.
-@pytest.mark.parametrize('sig', [pytest.param(signal.SIGTERM, marks=pytest.mark.slow), signal.SIGKILL])
+@pytest.mark.parametrize('sig', [pytest.param(signal.SIGTERM, marks=pytest.mark.slow),
+                                 signal.SIGKILL])
 def test_interrupted_run_resumes_to_the_same_metrics(tmp_path, cache_dir, whole_run, sig):
   """SIGTERM saves a checkpoint and exits; SIGKILL loses the steps since the last checkpoint.
   Either way, re-running the command reproduces the uninterrupted run's metrics exactly."""
