@@ -93,7 +93,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.kv_pairs = 20
   c.data.kv_key_len = 2
   c.data.kv_value_len = 2
-  # Queries per row (each a different pair, each answer scored); the depth evaluation asks one.
+  # Queries per row (each answer scored; later ones ask random pairs, with replacement); the depth
+  # evaluation asks one.
   c.data.kv_queries = 1
   # > 0: train rows hold 1, 2, ... up to kv_pairs pairs in equal stages over the first N steps.
   c.data.kv_curriculum_steps = 0

@@ -6,11 +6,13 @@ whether a model uses the middle of its context as well as its ends.
 
   [EOT] k1 : v1 ; k2 : v2 ; ... ; kN : vN ; QUERY kq :  ->  vq
 
-Training rows may ask several queries (`queries`, data.kv_queries), each a different pair, each
-answer scored, as in multi-query associative recall (Arora et al. 2023, Zoology): a row then
-teaches retrieval Q times where one query gives a single scored token, which is what lets a small
-model learn the task in a CPU budget. The first query of such a row sees exactly a one-query row,
-and the depth evaluation asks one query per row, as Liu et al. do:
+Training rows may ask several queries (`queries`, data.kv_queries), each answer scored, as in
+multi-query associative recall (Arora et al. 2023, Zoology): a row then asks for retrieval Q times
+where one query gives a single scored token. Each further query asks a uniformly random pair, with
+replacement: had they asked distinct pairs, the last answers would follow by elimination from the
+values already asked, and a model can lower its loss that way without retrieving anything (a
+measured failure, docs/positional.md). The first query of such a row sees exactly a one-query
+row, and the depth evaluation asks one query per row, as Liu et al. do:
 
   [EOT] k1 : v1 ; ... ; kN : vN ; QUERY kq : vq QUERY kr : vr ...
 
@@ -81,9 +83,6 @@ def _check(*, seq_len, num_pairs, key_len, value_len, batch_size=1, queries=1):
     raise ConfigError(f'data.kv_pairs={num_pairs} distinct keys cannot be made from '
                       f'data.kv_key_len={key_len} of {NUM_SYMBOLS} symbols '
                       f'({NUM_SYMBOLS ** key_len} keys)')
-  if queries > num_pairs:
-    raise ConfigError(f'data.kv_queries={queries}: each query asks a different pair, and there '
-                      f'are data.kv_pairs={num_pairs}')
   need = sequence_length(num_pairs, key_len, value_len, queries)
   if need > seq_len + 1:  # a row holds seq_len inputs plus the last target
     raise ConfigError(f'data.seq_len={seq_len} is too short for the kv retrieval task: '
@@ -124,7 +123,7 @@ def kv_example(seed: int, step: int, *, batch_size: int, seq_len: int, num_pairs
 
   gold=None queries a uniformly random pair per row first; an int queries pair `gold` in every
   row. The keys and values do not depend on gold, so batches at different depths differ only in
-  the query. Further queries ask other pairs, in random order.
+  the query. Further queries ask uniformly random pairs, with replacement.
   """
   _check(seq_len=seq_len, num_pairs=num_pairs, key_len=key_len, value_len=value_len,
          batch_size=batch_size, queries=queries)
@@ -153,10 +152,8 @@ def kv_example(seed: int, step: int, *, batch_size: int, seq_len: int, num_pairs
   # are random, and predicting them would only add irreducible noise to the metric.
   example = {}
   if queries > 1:
-    # The other pairs in random order, the first query's pair left out (drawn after everything
-    # above, so one-query rows are unchanged).
-    order_BN = np.argsort(rng.random((b, n)), axis=1)
-    rest_BR = order_BN[order_BN != gold_B[:, None]].reshape(b, n - 1)[:, :queries - 1]
+    # Drawn after everything above, so one-query rows are unchanged.
+    rest_BR = rng.integers(0, n, (b, queries - 1))
     more_BRX = np.concatenate([const(QUERY, b, queries - 1), keys_BNK[rows_B[:, None], rest_BR],
                                const(KV_SEP, b, queries - 1), values_BNV[rows_B[:, None], rest_BR]],
                               axis=2)
@@ -230,9 +227,8 @@ class KvLoader:
     # and drawing is cheap next to a train step.
     pairs = curriculum_pairs(step, num_pairs=self.shape['num_pairs'],
                              curriculum_steps=self.curriculum_steps)
-    # A row of fewer pairs asks as many queries as it can.
     full = kv_example(self.seed, step, batch_size=self.batch_size,
-                      **dict(self.shape, num_pairs=pairs, queries=min(pairs, self.shape['queries'])))
+                      **dict(self.shape, num_pairs=pairs))
     return {k: v[process_index * local:(process_index + 1) * local] for k, v in full.items()}
 
 
