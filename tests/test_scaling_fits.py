@@ -168,6 +168,31 @@ def test_isoflop_parabolas_recover_epoch_exponent():
   assert fits.fit_isoflop(*isoflop_runs(0.0, 0))['a'] == pytest.approx(law['a_opt'], abs=1e-3)
 
 
+def test_isoflop_budgets_without_a_measured_minimum_are_left_out_when_asked():
+  """require_inside: a budget whose sizes all lie on one side of its optimum (here the largest
+  budget cut to its 3 smallest sizes, all below half the optimum: the vertex lies above them) or whose parabola opens
+  downwards is listed in `excluded` with the reason, and the power laws use the other budgets;
+  without it the downward parabola is an error."""
+  c_R, n_R, loss_R = isoflop_runs(0.002, 0)
+  top = c_R == c_R.max()
+  keep = ~top | (n_R <= np.sort(n_R[top])[2])
+  c_R, n_R, loss_R = c_R[keep], n_R[keep], loss_R[keep]
+  low = c_R == c_R.min()
+  loss_R = np.where(low, loss_R.max() + 1 - (np.log(n_R) - np.log(n_R[low]).mean()) ** 2, loss_R)
+  fit = fits.fit_isoflop(c_R, n_R, loss_R, require_inside=True)
+  assert [b['flops'] for b in fit['budgets']] == pytest.approx(np.logspace(18, 20, 3))
+  why = {e['flops']: e['why'] for e in fit['excluded']}
+  assert 'opens downwards' in why[1e17] and 'above the largest size' in why[1e21]
+  assert fit['a'] == pytest.approx(full('epoch')['a_opt'], abs=0.03)
+  parabolas = fits.isoflop_parabolas(c_R, n_R, loss_R)
+  assert [p['in_range'] for p in parabolas] == [False, True, True, True, False]
+  assert parabolas[0]['n_opt'] is None and parabolas[-1]['n_opt'] > n_R[c_R == 1e21].max()
+  with pytest.raises(ConfigError, match='budget 1e[+]17: the parabola opens downwards'):
+    fits.fit_isoflop(c_R, n_R, loss_R)
+  with pytest.raises(ConfigError, match=r'at least 2 budgets, got 0 \(left out: 1e\+17: the'):
+    fits.fit_isoflop(c_R[low], n_R[low], loss_R[low], require_inside=True)
+
+
 def training_curves(sigma, seed):
   """10 sizes 1e7 * 2^k, each a curve of 60 points from 0.3N to 300N tokens (C = 6ND), losses
   from Epoch's law at the tokens seen so far."""

@@ -9,23 +9,23 @@ The ladder (research/scaling/ladder.py): one rule at every size, d_model = 16 x 
 so embeddings are a large share of the smallest models' parameters and a small one of the
 largest: the counting question of Pearce & Song 2024). 1 to 8 layers: 3.3k to 1.59M non-embedding
 parameters. Rows of 128 bytes, 8 a step (1,024 tokens), the learning rate 2e-3 x sqrt(64 /
-d_model) (wider models want smaller steps), 20 warmup steps, AdamW as everywhere.
+d_model) (wider models want smaller steps), 16 warmup steps, AdamW as everywhere.
 
 Every schedule ends at its run's last step, as Chinchilla requires, without training each
-length separately: per size one long run at a constant rate (after warmup) to 1,048,576 tokens,
+length separately: per size one long run at a constant rate (after warmup) to 3,145,728 tokens,
 and every shorter budget a cooldown branched from its checkpoints (Hagele et al. 2024's
 warmup-stable-decay, the last 20% decaying as 1 - sqrt), which by construction is the wsd run of
 that length (tests/test_train_parts.py). The sweep also trains four budgets as separate cosine
 runs, so the report can show how far a cooldown's loss is from cosine's here before the fits
 rely on it. No token is repeated: the train split holds 3.93M bytes and the longest run reads
-1.05M (data.max_epochs=1 refuses any run that would read more).
+3.15M, 0.8 epochs (data.max_epochs=1 refuses any run that would read more).
 
-Grid: each size at 1/8, 1/4, 1/2 and 1 of the long run. IsoFLOP: budgets of 1e11, 3e11,
+Grid: each size at 1/8, 1/4, 1/2 and 1 of the long run. IsoFLOP: budgets of 3e10, 1e11, 3e11,
 1e12 and 3e12 FLOPs (C = 6 N D, N all parameters), each with every size whose D = C / (6 N) lies
-between 64k and 1.05M tokens. Held out: the 9-layer model (2.26M non-embedding parameters) at
-the long run's length, trained last; the report fits on the rest and predicts its loss (written
-before that arm finishes, research/report/scaling.py). The measured time of the sweep is in
-docs/scaling.md.
+between 32 and 3,072 steps (33k to 3.15M tokens). Held out: the 9-layer model (2.26M
+non-embedding parameters) at the long run's length, trained last; the report fits on the rest
+and predicts its loss (written before that arm finishes, research/report/scaling.py). The sweep
+took 59 minutes on an idle 2-core AMD EPYC (docs/scaling.md, with what it measured).
 
 `:tpu12`, `:tpu24` and `:tpu36` take the ladder to accelerators (research/scaling/ladder.py's
 default rule, 64 dimensions per head and per layer: 85M, 680M and 2.3B non-embedding parameters,
@@ -46,9 +46,9 @@ LADDER = dict(vocab_size=VOCAB, seq_len=SEQ_LEN, aspect_ratio=16, head_dim=8)
 # The sweeps: `cpu` is the one the docs report; `smoke` is the same design in miniature, which
 # tests run end to end (tests/test_scaling_sweep.py).
 SWEEPS = {
-    'cpu': dict(long_steps=1024, checkpoint_every=16, sizes=tuple(range(1, 9)), held_out=9,
-                grid=(1 / 8, 1 / 4, 1 / 2, 1), budgets=(1e11, 3e11, 1e12, 3e12),
-                min_steps=64, cosine_check=((3, 1 / 4), (3, 1 / 2), (6, 1 / 4), (6, 1 / 2)),
+    'cpu': dict(long_steps=3072, checkpoint_every=32, sizes=tuple(range(1, 9)), held_out=9,
+                grid=(1 / 8, 1 / 4, 1 / 2, 1), budgets=(3e10, 1e11, 3e11, 1e12, 3e12),
+                min_steps=32, cosine_check=((3, 1 / 4), (3, 1 / 2), (6, 1 / 4), (6, 1 / 2)),
                 eval_batches=40),
     'smoke': dict(long_steps=64, checkpoint_every=8, sizes=(3, 4, 5), held_out=6,
                   grid=(1 / 2, 1), budgets=(2.2e10, 3.8e10), min_steps=8,

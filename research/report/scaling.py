@@ -137,7 +137,8 @@ def _fit3(rows):
   return fit, boot
 
 
-def _fit2(runs, spec, count='total'):
+def _isoflop_runs(runs, spec, count='total'):
+  """(C, N, loss) of the finished data points sized for an IsoFLOP budget."""
   r = _report_spec(spec)
   c, n, loss = [], [], []
   for x in runs:
@@ -146,7 +147,21 @@ def _fit2(runs, spec, count='total'):
       c.append(b)
       n.append(x.total if count == 'total' else x.non_embedding)
       loss.append(x.loss)
-  fit = scaling.fit_isoflop(c, n, loss)
+  return c, n, loss
+
+
+def _at_budget(runs, spec, flops: float) -> list:
+  """The finished data points sized for the IsoFLOP budget `flops`."""
+  r = _report_spec(spec)
+  return [x for x in runs if x.role == 'point' and x.loss is not None
+          and x.group != r['held_out']
+          and _budget_of(x, r['budgets'], r['tokens_per_step']) == flops]
+
+
+def _fit2(runs, spec, count='total'):
+  # Only minima inside the sizes trained are measurements; a parabola's vertex beyond them is an
+  # extrapolation, so those budgets are left out (and listed) rather than fitted.
+  fit = scaling.fit_isoflop(*_isoflop_runs(runs, spec, count), require_inside=True)
   # Resampling runs would break the budgets' parabolas (3 sizes each at the smallest), so the
   # interval resamples the budgets' minima: the spread of the power law through them.
   cs = np.array([b['flops'] for b in fit['budgets']])
@@ -247,6 +262,10 @@ def before_arm(workdir: str, arm_name: str, config) -> None:
   write_text(path, json.dumps(prediction, indent=1) + '\n')
 
 
+def _count(x):
+  return '—' if x is None else f'{x:,.0f}'
+
+
 def _fmt(x, digits=3):
   return '—' if x is None else f'{x:.{digits}g}'
 
@@ -283,7 +302,7 @@ def cosine_table(runs) -> str:
                          'relative'], rows)
 
 
-def plot(runs, spec, fit3, fit2, env, path: str):
+def plot(runs, spec, fit3, parabolas, env, path: str):
   r = _report_spec(spec)
   fig = new_figure(15, 4.3)
   by_n, by_c, iso = fig.subplots(1, 3)
@@ -321,16 +340,15 @@ def plot(runs, spec, fit3, fit2, env, path: str):
   by_c.set(xscale='log', xlabel='C = 6 N D (FLOPs)', ylabel='held-out loss (nats)',
            title='loss against compute')
   by_c.legend(fontsize=6)
-  for b in (fit2 or {}).get('budgets', ()):
-    at = [(x.total, x.loss) for x in runs if x.role == 'point' and x.loss is not None
-          and _budget_of(x, r['budgets'], r['tokens_per_step']) == b['flops']
-          and x.group != r['held_out']]
+  for b in parabolas:
+    at = [(x.total, x.loss) for x in _at_budget(runs, spec, b['flops'])]
     nn, ll = zip(*sorted(at))
     line, = iso.plot(nn, ll, 'o', label=f'C={b["flops"]:.0e}')
     grid = np.geomspace(min(nn) / 1.5, max(nn) * 1.5, 50)
     iso.plot(grid, np.polyval(b['coef'], np.log(grid)), '-', color=line.get_color(),
              linewidth=0.8)
-    iso.axvline(b['n_opt'], color=line.get_color(), linestyle=':', linewidth=0.8)
+    if b['in_range']:  # a measured minimum; none is drawn where the vertex is extrapolated
+      iso.axvline(b['n_opt'], color=line.get_color(), linestyle=':', linewidth=0.8)
   iso.set(xscale='log', xlabel='N (all parameters)', ylabel='held-out loss (nats)',
           title='IsoFLOP parabolas (approach 2)')
   iso.legend(fontsize=6)
@@ -395,15 +413,24 @@ def write(workdir: str) -> dict:
   parts += ['## N_opt ∝ C^a: the counting question (Pearce & Song 2024)', '', first, '',
             markdown_table(['N counts', 'approach 2', 'approach 3'], exps), '',
             'Published: ' + '; '.join(f'{n} {a}' for n, a in PUBLISHED_A) + '.', '']
-  if fit2:
-    budgets = [[f'{b["flops"]:.0e}', f'{b["n_opt"]:,.0f}', f'{b["d_opt"]:,.0f}',
-                f'{b["d_opt"] / b["n_opt"]:.1f}', 'yes' if b['in_range'] else 'no (edge)']
-               for b in fit2['budgets']]
+  parabolas, why_p = _attempt(scaling.isoflop_parabolas, *_isoflop_runs(runs, spec))
+  if parabolas:
+    budgets = []
+    for b in parabolas:  # a vertex outside the sizes trained is not shown: it is not measured
+      best = min(_at_budget(runs, spec, b['flops']), key=lambda x: x.loss)
+      measured = not b['why']
+      budgets.append([f'{b["flops"]:.0e}', _count(b['n_opt'] if measured else None),
+                      _count(b['d_opt'] if measured else None),
+                      f'{b["d_opt"] / b["n_opt"]:.1f}' if measured else '—',
+                      f'{best.name} ({best.loss:.4g})', 'yes' if measured else f'no: {b["why"]}'])
     parts += ['## Approach 2: IsoFLOP minima', '',
-              markdown_table(['C', 'N_opt', 'D_opt', 'tokens / parameter', 'minimum inside'],
-                             budgets), '']
-  else:
-    parts += [f'Approach 2 not fitted: {why2}.', '']
+              markdown_table(['C', 'N_opt', 'D_opt', 'tokens / parameter', 'lowest loss',
+                              'a measured minimum'], budgets), '']
+  if not fit2:
+    k = sum(not b['why'] for b in parabolas or ())
+    why = (f'{k} of {len(parabolas)} budgets have a measured minimum (the table above); its '
+           'power laws need 2' if parabolas and k < 2 else why2 or why_p)
+    parts += [f'Approach 2 not fitted: {why}.', '']
   opt = scaling.compute_optimal(fit3, np.array([1e12, 1e13, 1e14]))
   parts += ['Compute-optimal tokens per parameter by approach 3: ' + ', '.join(
       f'{t:.1f} at C={c:.0e}' for c, t in zip(opt['flops'], opt['tokens_per_param']))
@@ -444,6 +471,6 @@ def write(workdir: str) -> dict:
          'plots': [os.path.join(workdir, 'scaling.png')],
          'table': markdown_table(header, rows), 'missing': [
              (x.name, 'training not finished') for x in runs if not x.summary]}
-  plot(runs, spec, fit3, fit2, env, out['plots'][0])
+  plot(runs, spec, fit3, parabolas or [], env, out['plots'][0])
   write_text(out['report'], '\n'.join(parts))
   return out

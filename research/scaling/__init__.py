@@ -6,6 +6,6 @@ everything else public is here.
 
 from research.scaling.fits import (CHINCHILLA_BOOTSTRAP, HUBER_DELTA, bootstrap, chinchilla_params,
                                    compute_optimal, fit_chinchilla, fit_envelope, fit_isoflop,
-                                   fit_loglog, fit_power_law, lse_objective, predict,
-                                   predict_power_law)
+                                   fit_loglog, fit_power_law, isoflop_parabolas,
+                                   lse_objective, predict, predict_power_law)
 from research.scaling.ladder import Rung, count_params, count_params_of, ladder_sizes, rung

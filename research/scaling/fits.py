@@ -469,20 +469,17 @@ def fit_envelope(flops: Sequence, loss: Sequence, n_params: Sequence, n_tokens: 
 # ----------------------------------------------------------------------------------------------
 # Chinchilla approach 2: IsoFLOP parabolas.
 
-def fit_isoflop(flops, n_params, loss) -> dict:
-  """Chinchilla approach 2: per IsoFLOP budget a parabola of loss against log N, then power laws
-  of its minima.
+def isoflop_parabolas(flops, n_params, loss) -> list:
+  """Per IsoFLOP budget (runs with equal `flops`), the parabola of loss against log N.
 
-  flops: each run's compute budget C (runs with equal values form one IsoFLOP curve: pass the
-  nominal budget, not each run's measured count), n_params its N, loss its final loss. Per
-  budget, loss = c2 (log N)^2 + c1 log N + c0 by least squares (at least 3 sizes; c2 > 0), the
-  minimum N_opt = exp(-c1 / (2 c2)) and D_opt = C / (6 N_opt); then N_opt = n_coef C^a and
-  D_opt = d_coef C^b in log-log (at least 2 budgets).
-  Returns a, b, n_coef, d_coef and budgets: per budget dict(flops, coef=(c2, c1, c0), n_opt,
-  d_opt, loss_opt, in_range: N_opt within the sizes trained at that budget).
+  Each at least 3 distinct sizes, else a ConfigError. Returns per budget, in increasing C,
+  dict(flops, coef=(c2, c1, c0), n_opt, d_opt, loss_opt, in_range, why): the minimum N_opt =
+  exp(-c1 / (2 c2)) and D_opt = C / (6 N_opt) (None when c2 <= 0: no minimum), in_range when
+  N_opt lies within the sizes trained at that budget, why '' or what keeps it from being a
+  measured minimum.
   """
   c_R, n_R, loss_R = _runs(6, 'fit_isoflop', flops=flops, n_params=n_params, loss=loss)
-  budgets = []
+  out = []
   for c in np.unique(c_R):
     at = c_R == c
     if at.sum() < 3:
@@ -491,21 +488,48 @@ def fit_isoflop(flops, n_params, loss) -> dict:
     if len(np.unique(log_n)) < 3:
       raise ConfigError(f'fit_isoflop: budget {c:.3g} has fewer than 3 distinct sizes')
     c2, c1, c0 = np.polyfit(log_n, loss_R[at], 2)
-    if not c2 > 0:
-      raise ConfigError(f'fit_isoflop: the parabola of budget {c:.3g} opens downwards '
-                        f'(no minimum): its sizes do not bracket the optimum')
-    log_n_opt = -c1 / (2 * c2)
-    n_opt = math.exp(log_n_opt)
-    budgets.append(dict(flops=float(c), coef=(float(c2), float(c1), float(c0)), n_opt=n_opt,
-                        d_opt=float(c / (6 * n_opt)), loss_opt=float(c0 - c1 ** 2 / (4 * c2)),
-                        in_range=bool(log_n.min() <= log_n_opt <= log_n.max())))
+    entry = dict(flops=float(c), coef=(float(c2), float(c1), float(c0)), n_opt=None,
+                 d_opt=None, loss_opt=None, in_range=False,
+                 why='the parabola opens downwards (no minimum): its sizes do not bracket the '
+                     'optimum')
+    if c2 > 0:
+      log_n_opt = -c1 / (2 * c2)
+      n_opt = math.exp(log_n_opt)
+      inside = bool(log_n.min() <= log_n_opt <= log_n.max())
+      side = 'below the smallest' if log_n_opt < log_n.min() else 'above the largest'
+      entry.update(n_opt=n_opt, d_opt=float(c / (6 * n_opt)),
+                   loss_opt=float(c0 - c1 ** 2 / (4 * c2)), in_range=inside,
+                   why='' if inside else f'its minimum lies {side} size trained at it')
+    out.append(entry)
+  return out
+
+
+def fit_isoflop(flops, n_params, loss, *, require_inside: bool = False) -> dict:
+  """Chinchilla approach 2: per IsoFLOP budget a parabola of loss against log N
+  (isoflop_parabolas), then power laws of its minima: N_opt = n_coef C^a and D_opt = d_coef C^b
+  in log-log (at least 2 budgets).
+
+  flops: each run's compute budget C (runs with equal values form one IsoFLOP curve: pass the
+  nominal budget, not each run's measured count), n_params its N, loss its final loss. A budget
+  whose parabola has no minimum is an error; with require_inside, it and every budget whose
+  minimum lies outside the sizes trained at it (an extrapolation, not a measurement) are left out
+  of the power laws and listed in `excluded` instead.
+  Returns a, b, n_coef, d_coef, budgets (isoflop_parabolas' entries used) and excluded.
+  """
+  budgets, excluded = [], []
+  for entry in isoflop_parabolas(flops, n_params, loss):
+    if entry['n_opt'] is None and not require_inside:
+      raise ConfigError(f'fit_isoflop: budget {entry["flops"]:.3g}: {entry["why"]}')
+    (excluded if require_inside and entry['why'] else budgets).append(entry)
   if len(budgets) < 2:
-    raise ConfigError(f'fit_isoflop needs at least 2 budgets, got {len(budgets)}')
+    left = '; '.join(f'{e["flops"]:.3g}: {e["why"]}' for e in excluded)
+    raise ConfigError(f'fit_isoflop needs at least 2 budgets, got {len(budgets)}'
+                      + (f' (left out: {left})' if left else ''))
   cs = [b['flops'] for b in budgets]
   fn = fit_loglog(cs, [b['n_opt'] for b in budgets])
   fd = fit_loglog(cs, [b['d_opt'] for b in budgets])
   return dict(a=fn['exponent'], n_coef=fn['coef'], b=fd['exponent'], d_coef=fd['coef'],
-              budgets=budgets)
+              budgets=budgets, excluded=excluded)
 
 
 # ----------------------------------------------------------------------------------------------
