@@ -137,25 +137,25 @@ def _fit3(rows):
   return fit, boot
 
 
+def _sized(runs, spec) -> list:
+  """(run, budget) of the finished data points sized for an IsoFLOP budget."""
+  r = _report_spec(spec)
+  return [(x, b) for x in runs if x.role == 'point' and x.loss is not None
+          and x.group != r['held_out']
+          for b in [_budget_of(x, r['budgets'], r['tokens_per_step'])] if b is not None]
+
+
 def _isoflop_runs(runs, spec, count='total'):
   """(C, N, loss) of the finished data points sized for an IsoFLOP budget."""
-  r = _report_spec(spec)
-  c, n, loss = [], [], []
-  for x in runs:
-    b = _budget_of(x, r['budgets'], r['tokens_per_step'])
-    if x.role == 'point' and x.loss is not None and b is not None and x.group != r['held_out']:
-      c.append(b)
-      n.append(x.total if count == 'total' else x.non_embedding)
-      loss.append(x.loss)
-  return c, n, loss
+  sized = _sized(runs, spec)
+  return ([b for _, b in sized],
+          [x.total if count == 'total' else x.non_embedding for x, _ in sized],
+          [x.loss for x, _ in sized])
 
 
 def _at_budget(runs, spec, flops: float) -> list:
   """The finished data points sized for the IsoFLOP budget `flops`."""
-  r = _report_spec(spec)
-  return [x for x in runs if x.role == 'point' and x.loss is not None
-          and x.group != r['held_out']
-          and _budget_of(x, r['budgets'], r['tokens_per_step']) == flops]
+  return [x for x, b in _sized(runs, spec) if b == flops]
 
 
 def _fit2(runs, spec, count='total'):
